@@ -76,12 +76,20 @@ def details(results: dict[str, dict]) -> list[str]:
                           for m, v in mem["runs"].items())
         out.append(f"- Peak RSS after training: {parts}; {mem['settings']['params'] / 1e6:.0f}M parameters, "
                    f"batch {mem['settings']['batch']} x {mem['settings']['max_length']} tokens.")
+        if all("above_imports_ratio_to_full" in v for v in mem["runs"].values()):
+            base = mem["runs"]["full"]["rss_after_imports_mb"]
+            above = ", ".join(f"{m} {v['above_imports_ratio_to_full']:.2f}x" for m, v in mem["runs"].items())
+            out.append(f"- Memory above the {fmt(base, 0)} MB that Python + torch/transformers/TRL/PEFT/bitsandbytes "
+                       f"hold after import: {above}.")
     pk = results.get("packing")
     if pk:
         d = pk["settings"]["data"]
         out.append(f"- Packing data: {d['rows']} rows, {d['tokens_min']}-{d['tokens_max']} tokens "
                    f"(median {d['tokens_median']}, mean {d['tokens_mean']:.0f}), batch {pk['settings']['batch']}, "
                    f"max_length {pk['settings']['max_length']}.")
+        if "packed_flat_ratio" in pk["settings"]:
+            out.append(f"- Packing layouts: rows (the CPU default) {pk['ratio']:.2f}x padding; TRL's padding-free "
+                       f"single flattened row {pk['settings']['packed_flat_ratio']:.2f}x padding.")
     return out
 
 

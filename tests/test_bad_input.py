@@ -131,6 +131,9 @@ LIGHT = [
 
 HEAVY = [
     Case("finished_run_in_output_dir", sft(), ("output_dir: {d}/out: already holds a finished run",)),
+    Case("unfinished_run_in_output_dir", sft(),
+         ("output_dir: {d}/out: holds checkpoints of an unfinished run (checkpoint-3)",),
+         {"out/checkpoints/checkpoint-3/trainer_state.json": "{}\n"}),
     Case("resume_without_checkpoint", sft("train.resume_from_checkpoint=true"),
          ("train.resume_from_checkpoint: no checkpoint-<step> folder under",)),
     Case("resume_from_missing_folder", sft("train.resume_from_checkpoint={d}/ckpt"),

@@ -98,6 +98,49 @@ def test_packed_logits_equal_unpacked(tiny_model_dir, chat_file, tmp_path, attn)
     assert all(batch["labels"][0, s].item() == -100 for s in starts[:-1])  # no loss across a boundary
 
 
+@pytest.mark.parametrize("layout", ["rows", "flat"])
+def test_packed_batch_layouts_keep_samples_apart(tiny_model_dir, chat_file, tmp_path, layout):
+    recipe = sft_recipe(tiny_model_dir, chat_file, tmp_path / "run", data={"packing": True},
+                        sft={"packed_layout": layout})
+    trainer = sft.build_trainer(recipe, RunDir(tmp_path / "run"))
+    model = trainer.model.eval()
+    examples = [trainer.train_dataset[i] for i in range(3)]
+    batch = trainer.data_collator(examples)
+    assert "attention_mask" not in batch
+    lengths = [len(e["input_ids"]) for e in examples]
+    # rows: one row per packed example (cost batch x L^2); flat: all of them in one row (needs varlen kernels).
+    assert batch["input_ids"].shape == ((3, max(lengths)) if layout == "rows" else (1, sum(lengths)))
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    checked = 0
+    for r in range(batch["input_ids"].shape[0]):
+        pos, ids, labels = batch["position_ids"][r], batch["input_ids"][r], batch["labels"][r]
+        real = ids != trainer.processing_class.pad_token_id
+        starts = (pos == 0).nonzero().flatten().tolist() + [int(real.sum())]
+        for s, e in zip(starts, starts[1:], strict=False):
+            if e - s < 2:
+                continue
+            with torch.no_grad():
+                alone = model(input_ids=ids[None, s:e]).logits[0]
+            torch.testing.assert_close(logits[r, s:e], alone, atol=1e-5, rtol=1e-4)
+            assert labels[s].item() == -100  # no loss across a boundary
+            checked += 1
+        assert (labels[~real] == -100).all()
+    assert checked >= 6
+
+
+@pytest.mark.parametrize("layout", ["rows", "flat"])
+def test_packed_epoch_counts_every_real_token(tiny_model_dir, chat_file, tmp_path, layout):
+    recipe = sft_recipe(tiny_model_dir, chat_file, tmp_path / "run", data={"packing": True},
+                        sft={"packed_layout": layout},
+                        train={"max_steps": -1, "num_train_epochs": 1, "per_device_train_batch_size": 2})
+    trainer = sft.build_trainer(recipe, RunDir(tmp_path / "run"))
+    real = sum(len(row["input_ids"]) for row in trainer.train_dataset)
+    trainer.train()
+    logged = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]
+    assert logged[-1] == real
+
+
 @pytest.fixture(scope="module")
 def full_run(tiny_model_dir, chat_file, tmp_path_factory) -> tuple[RunDir, dict]:
     out = tmp_path_factory.mktemp("full") / "run"

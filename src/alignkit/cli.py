@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,11 @@ def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None)
     if recipe.stage == "pipeline":
         metrics = module.run(recipe, run_dir, recipe_path, force=force or [])
     else:
+        # Seed before any model or adapter is built: LoRA and value-head initialisation must follow the
+        # recipe's seed, and be the same on every DDP rank as in a single-process run.
+        from transformers import set_seed
+
+        set_seed(recipe.seed)
         metrics = module.run(recipe, run_dir, recipe_path)
     if main_process and recipe.stage != "pipeline":
         run_dir.finish(metrics or {}, stage=recipe.stage, recipe=str(recipe_path))
@@ -165,7 +171,6 @@ def use_cpu_for_multiprocess() -> None:
     accelerate's process state is a singleton, so creating it here with cpu=True makes every later
     PartialState/Accelerator/Trainer join the gloo process group.
     """
-    import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
@@ -182,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml")):
         argv = ["train", *argv]  # `alignkit recipe.yaml ...` and `alignkit/run.py recipe.yaml ...`
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    # Under `accelerate launch` every rank runs this; only rank 0 reports progress, the others warn.
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     use_cpu_for_multiprocess()
     args = build_parser().parse_args(argv)
     try:

@@ -139,6 +139,13 @@ class RunDir:
             )
         if self.path.exists() and not self.path.is_dir():
             raise AlignkitError("exists and is not a folder", where=f"output_dir: {self.path}")
+        if not resume and not overwrite and self.latest_checkpoint() is not None:
+            # A crashed run's checkpoints are its progress: a fresh start would overwrite them.
+            raise AlignkitError(
+                f"holds checkpoints of an unfinished run ({self.latest_checkpoint().name}); set "
+                "train.resume_from_checkpoint=true to continue it or train.overwrite_output_dir=true to start over",
+                where=f"output_dir: {self.path}",
+            )
         self.resolve_resume(resume)  # nothing to resume from is an error before any stage work, not after
         self.path.mkdir(parents=True, exist_ok=True)
 

@@ -27,9 +27,11 @@ from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb
 
 log = logging.getLogger("alignkit.sft")
 
-# Attention kernels that honour packed position_ids (transformers' masking utils or varlen kernels).
-PACKING_SAFE_ATTENTION = {"sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3",
-                          "kernels-community/flash-attn", "kernels-community/vllm-flash-attn3"}
+# Kernels that take packed sequences' boundaries from position_ids / cu_seqlens (variable-length attention).
+VARLEN_ATTENTION = {"flash_attention_2", "flash_attention_3", "kernels-community/flash-attn",
+                    "kernels-community/vllm-flash-attn3"}
+# Attention that honours packed position_ids (transformers' masking utils build a block-diagonal mask).
+PACKING_SAFE_ATTENTION = {"sdpa", "eager", "flex_attention", *VARLEN_ATTENTION}
 
 
 def load_sft_dataset(specs: list[DatasetSpec], where: str) -> Any:
@@ -78,6 +80,64 @@ def build_model(recipe: Recipe, tokenizer: Any) -> Any:
     return model
 
 
+def packed_layout(recipe: Recipe, model: Any) -> str:
+    """"flat" (TRL's padding-free single row) or "rows" ([batch, max_length], per-row position_ids)."""
+    layout = recipe.sft.packed_layout if recipe.sft else "auto"
+    if layout != "auto":
+        return layout
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    # Without a varlen kernel one flattened row of batch x max_length tokens costs attention over all of
+    # it (quadratic), where separate rows cost batch x max_length^2 (bench/packing.py measures it).
+    return "flat" if impl in VARLEN_ATTENTION else "rows"
+
+
+class PackedRowsCollator:
+    """Packed rows kept as rows: padded to the longest, position_ids restart at each sample, no attention mask.
+
+    TRL's bfd packing always collates padding-free (the whole batch flattened into one row), which only
+    pays with a varlen flash-attention kernel. transformers derives a block-diagonal causal mask from
+    position_ids when no attention mask is given, so rows keep samples apart at batch x L^2 attention cost.
+    Pad tokens get position 0 (each attends to itself only) and label -100.
+    """
+
+    def __init__(self, pad_token_id: int):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self.inner = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=False,
+                                                     return_position_ids=True)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.inner(examples)
+        batch.pop("attention_mask")
+        batch["labels"][batch["position_ids"] == 0] = -100  # no loss across a sample boundary
+        return batch
+
+
+def sft_trainer_class() -> type:
+    """TRL's SFTTrainer, counting num_tokens right for the packed "rows" layout.
+
+    TRL counts a batch without attention_mask as position_ids.size(1) tokens, which is right only for
+    its single flattened row; with rows it would count one row per batch.
+    """
+    from trl import SFTTrainer
+
+    class AlignkitSFTTrainer(SFTTrainer):
+        rows_pad_id: int | None = None  # set when the PackedRowsCollator is in use
+
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.rows_pad_id is not None and self.model.training:
+                ids, pos = inputs["input_ids"], inputs["position_ids"]
+                real = ((ids != self.rows_pad_id) | (pos != 0)).sum()  # pads sit at position 0
+                extra = self.accelerator.gather_for_metrics((real - pos.size(1)).reshape(1)).sum().item()
+                self._total_train_tokens += extra // self._tp_size
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return out
+
+    return AlignkitSFTTrainer
+
+
 def check_packing_attention(model: Any) -> None:
     """Refuse packing with an attention kernel that would let packed samples attend to each other."""
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
@@ -109,17 +169,18 @@ def sft_config(recipe: Recipe, run_dir: RunDir, tokenizer: Any, conversational: 
 
 def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
     """An SFTTrainer with tokenized data, the model (full, LoRA or QLoRA) and alignkit's callback."""
-    from trl import SFTTrainer
-
     tokenizer = load_tokenizer(recipe.model)
     train_ds, eval_ds = split_eval(recipe, load_sft_dataset(recipe.data.datasets, "data.datasets"))
     conversational = "messages" in train_ds.column_names or isinstance(train_ds[0].get("prompt"), list)
     model = build_model(recipe, tokenizer)
     config = sft_config(recipe, run_dir, tokenizer, conversational, eval_ds is not None)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=[metrics_callback(run_dir)])
+    trainer = sft_trainer_class()(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                                  processing_class=tokenizer, callbacks=[metrics_callback(run_dir)])
     if is_quantized(recipe):
         match_adapter_dtype(trainer.model, DTYPES[recipe.quantization.bnb_4bit_compute_dtype])
+    if recipe.data.packing and packed_layout(recipe, model) == "rows":
+        trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
+        trainer.rows_pad_id = tokenizer.pad_token_id
     return trainer
 
 

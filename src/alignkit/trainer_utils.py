@@ -77,7 +77,8 @@ def metrics_callback(run_dir: RunDir, enabled: bool = True) -> Any:
     class _Metrics(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
             logs = logs or {}
-            logger.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, state.global_step)
+            if state.is_world_process_zero:  # logs are already reduced across ranks: one row per step
+                logger.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, state.global_step)
             loss = logs.get("loss")
             if isinstance(loss, float) and not math.isfinite(loss):
                 # Stop before the next save: the last checkpoint on disk is the last good one.

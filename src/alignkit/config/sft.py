@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from alignkit.config.base import Section
@@ -13,4 +15,8 @@ class SFTSection(Section):
     assistant_only_loss: bool = Field(True, description="loss on assistant tokens only (multi-turn included)")
     completion_only_loss: bool = True
     packing_strategy: str = "bfd"
+    packed_layout: Literal["auto", "flat", "rows"] = Field(
+        "auto", description="packed batches as one flattened row (flat: pays with a varlen flash-attention kernel) "
+        "or as [batch, max_length] rows with per-row position_ids (rows: attention cost per row); auto picks "
+        "flat for flash-attention kernels, rows otherwise")
     merge_adapter: bool = Field(False, description="also write a merged full model after LoRA/QLoRA training")
