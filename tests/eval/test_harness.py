@@ -157,6 +157,28 @@ def test_ppo_checkpoints_give_a_win_rate_against_kl_curve(tmp_path, random_llama
     assert 'id="kl-table"' in (out / "report.html").read_text()
 
 
+def test_best_of_n_by_oracle_keeps_each_prompts_top_oracle_score(tmp_path, random_llama):
+    from alignkit.world import oracle
+
+    out = tmp_path / "run"
+    recipe = eval_recipe(out, [{"name": "random", "path": random_llama},
+                               {"name": "random-oracle-best-of-3", "path": random_llama, "best_of_n": 3,
+                                "best_of_n_by": "oracle"}], judge={"type": "oracle"})
+    recipe["eval"]["prompt_limit"] = 6
+    train(write(tmp_path / "eval.yaml", recipe), [])
+    report = json.loads((out / "report.json").read_text())
+    rows = {m["name"]: m for m in report["models"]}
+    metas = {r["id"]: r["meta"] for r in map(json.loads, Path(PROMPTS).read_text().splitlines()[:6])}
+    cands = [json.loads(line) for line in
+             (out / "completions" / "random-oracle-best-of-3.jsonl").read_text().splitlines()]
+    assert len(cands) == 6 * 3
+    best: dict[str, float] = {}
+    for c in cands:
+        best[c["prompt_id"]] = max(best.get(c["prompt_id"], -1.0),
+                                   oracle.score(metas[c["prompt_id"]], c["text"], c["ended"]).total)
+    assert rows["random-oracle-best-of-3"]["judge_score"] == pytest.approx(sum(best.values()) / 6, abs=1e-6)
+
+
 def test_reward_model_scores_and_best_of_n(tmp_path, random_llama):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 

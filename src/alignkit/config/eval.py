@@ -16,6 +16,9 @@ class EvalModel(Section):
     path: str
     prompting: Literal["chat", "fewshot", "raw"] = "chat"
     best_of_n: int | None = Field(None, gt=1, description="sample n, keep the reward model's favourite")
+    best_of_n_by: Literal["reward_model", "oracle"] = Field(
+        "reward_model", description="who picks the best of n: eval.reward_model, or the world's oracle (the gold "
+        "reward's best-of-n: what a perfect reward model would reach; prompts need meta)")
     ref: str | None = Field(None, description="name of the model that serves as KL reference")
 
     _check_paths = field_validator("path")(check_local_path)
@@ -106,7 +109,7 @@ class EvalSection(Section):
             raise ValueError(f"unknown model {unknown!r} (models: {', '.join(names)})")
         if self.pairs == "reference" and not self.reference:
             raise ValueError("pairs: reference needs eval.reference")
-        if any(m.best_of_n for m in self.models) and not self.reward_model:
+        if any(m.best_of_n and m.best_of_n_by == "reward_model" for m in self.models) and not self.reward_model:
             raise ValueError("best_of_n needs eval.reward_model")
         if self.judge.type == "reward_model" and not (self.judge.path or self.reward_model):
             raise ValueError("judge type reward_model needs judge.path or eval.reward_model")

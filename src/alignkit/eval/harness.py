@@ -200,6 +200,18 @@ def pick_best_of_n(outputs: ModelOutputs, rows: Sequence[dict[str, Any]], scorer
     outputs.main = [group[int(k)] for group, k in zip(outputs.candidates, scores.argmax(-1), strict=True)]
 
 
+def pick_best_of_n_by_oracle(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]]) -> None:
+    """Best-of-n ranked by the world's oracle: the gold reward's best-of-n, an upper bound for a learned RM."""
+    from alignkit.eval.judges import world_meta
+    from alignkit.world import oracle
+
+    for out in outputs.values():
+        if out.candidates and out.spec.best_of_n_by == "oracle":
+            out.main = [max(group, key=lambda c, meta=world_meta(row): oracle.score(meta, c["text"], c["ended"]).total)
+                        for group, row in zip(out.candidates, rows, strict=True)]
+            out.candidates = []
+
+
 def reward_scores(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]], path: str) -> dict[str, list]:
     """Reward-model scores of every model's judged completions (best-of-n picks made first)."""
     from alignkit.reward_model import RewardScorer
@@ -372,6 +384,7 @@ def run(recipe: Any, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
                for m in section.models}
     timing["generation_s"] = time.time() - start
     t = time.time()
+    pick_best_of_n_by_oracle(outputs, rows)
     rewards = reward_scores(outputs, rows, section.reward_model) if section.reward_model else {}
     kls = kl_to_ref(outputs, section)
     timing["reward_kl_s"] = time.time() - t

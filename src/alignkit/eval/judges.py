@@ -106,16 +106,17 @@ class OracleJudge(Judge):
         from alignkit.world import oracle
 
         a, b = as_response(response_a), as_response(response_b)
-        return oracle.compare(_meta(row), a.text, b.text, a.ended, b.ended)
+        return oracle.compare(world_meta(row), a.text, b.text, a.ended, b.ended)
 
     def score(self, row: Mapping[str, Any], response: Any) -> float | None:
         from alignkit.world import oracle
 
         r = as_response(response)
-        return oracle.score(_meta(row), r.text, r.ended).total
+        return oracle.score(world_meta(row), r.text, r.ended).total
 
 
-def _meta(row: Mapping[str, Any]) -> dict:
+def world_meta(row: Mapping[str, Any]) -> dict:
+    """The oracle's `meta` of a prompt row, or a one-line error naming the prompt."""
     if not isinstance(row.get("meta"), Mapping):
         raise AlignkitError("the oracle judge needs prompt rows with the world's `meta` "
                             "(eval/world_prompts.jsonl); use another judge for other prompt sets",
