@@ -2,10 +2,11 @@
 
 The model is built from LlamaConfig (random init, float32 safetensors, the tiny tokenizer) in a temp
 folder; each mode trains a few steps in its own subprocess with the shipped recipe (sft_full,
-sft_lora, sft_qlora: NF4 + double quantization, float32 compute) and reports raw peak RSS
-(resource.getrusage ru_maxrss): the sft stage's own reading taken right after training, and the whole
-process's at exit (model saving included). The goal is judged on raw peaks, the Python + library
-baseline included; the RSS after imports is recorded too, so that the part each mode adds shows.
+sft_lora, sft_qlora: NF4 + double quantization, float32 compute) and reports raw peak RSS (VmHWM,
+the process's own high-water mark; ru_maxrss would carry over the driver's): the sft stage's own
+reading taken right after training, and the whole process's at exit (model saving included). The
+goal is judged on raw peaks, the Python + library baseline included; the RSS after imports is
+recorded too, so that the part each mode adds shows.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,12 +37,13 @@ def child(mode: str, model_dir: str, out: str, steps: int) -> None:
     import importlib
 
     from alignkit.cli import train
+    from alignkit.trainer_utils import peak_rss_mb
 
     for name in ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets"):
         importlib.import_module(name)
 
     # What every mode pays before touching a model: Python + the libraries (the same for all three).
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = peak_rss_mb()
     metrics = train(RECIPES[mode], [
         f"model.name_or_path={model_dir}", f"output_dir={out}", "model.max_length=128", f"train.max_steps={steps}",
         "train.per_device_train_batch_size=4", f"train.logging_steps={steps}", "data.eval_split_size=0",
@@ -51,7 +52,7 @@ def child(mode: str, model_dir: str, out: str, steps: int) -> None:
     ])
     print("RESULT " + json.dumps({
         "mode": mode, "peak_rss_after_training_mb": metrics["peak_memory_mb"], "rss_after_imports_mb": baseline,
-        "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_process_mb": peak_rss_mb(),
         "trainable_parameters": metrics["trainable_parameters"], "train_seconds": metrics["train_seconds"],
     }), flush=True)
 

@@ -107,10 +107,26 @@ def save_final_model(model: Any, tokenizer: Any, run_dir: RunDir) -> None:
 
 def peak_memory_mb() -> float:
     """Peak memory of this process: GPU allocations on CUDA, resident set size on CPU."""
-    import resource
-
     import torch
 
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux VmHWM; ru_maxrss elsewhere).
+
+    ru_maxrss survives fork + exec on Linux, so a process started by a big one (a benchmark driver,
+    a pipeline) would report its parent's peak; VmHWM belongs to the process's own address space.
+    """
+    import resource
+
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
