@@ -7,6 +7,8 @@ Sources: InstructGPT (arXiv 2203.02155); "The N+ Implementation Details of RLHF 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -68,11 +70,22 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise to unit variance (and zero mean when shift_mean) using valid tokens only; padding stays 0."""
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Normalise to unit variance (and zero mean when shift_mean) using valid tokens only; padding stays 0.
+
+    `reduce_sum` sums a tensor over data-parallel processes, so that every rank whitens with the
+    statistics of the global batch, as one process holding all of it would.
+    """
     # Padding must not pull the statistics (N+ details, "advantage whitening"); shift_mean=False keeps the
     # sign of rewards when whitening rewards.
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    total = reduce_sum or (lambda t: t)
+    m = mask.to(x.dtype)
+    n = total(m.sum()).clamp(min=1)
+    mean = total((x * m).sum()) / n
+    var = total((((x - mean) * m) ** 2).sum()) / n
+    if n > 1:
+        var = var * n / (n - 1)  # Bessel-corrected, as masked_var
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean

@@ -147,11 +147,14 @@ class RolloutWorker:
             scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
         rewards, non_score_reward, kl = core.compute_rewards(
             scores, logprobs, ref_logprobs, mask, kl_coef, cfg.kl_estimator, cfg.missing_eos_penalty, has_eos)
+        # Whitening statistics come from the global batch: DDP ranks whiten as one process would.
+        reduce_sum = ((lambda t: self.accelerator.reduce(t, reduction="sum"))
+                      if self.accelerator.num_processes > 1 else None)
         if cfg.whiten_rewards:
-            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False, reduce_sum=reduce_sum)
         advantages, returns = core.gae(rewards, values, mask, cfg.gamma, cfg.lam)
         # Whiten advantages over valid tokens every batch (N+ details; TRL, OpenRLHF).
-        advantages = core.masked_whiten(advantages, mask)
+        advantages = core.masked_whiten(advantages, mask, reduce_sum=reduce_sum)
         penalised = torch.where(has_eos, scores, scores - (cfg.missing_eos_penalty or 0.0))
         stats = {
             "objective/kl": kl.sum(1).mean().item(),
