@@ -37,7 +37,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def stage_recipe(stage: str, model: Path, data: dict[str, Path]) -> dict[str, Any]:
-    """A 6-step recipe of `stage` on the tiny model; a global batch of 4 rows."""
+    """A 6-step recipe of `stage` (reward_pairwise: reward with the pairwise loss); a global batch of 4 rows."""
+    loss = "pairwise" if stage == "reward_pairwise" else "ranking"
+    stage = stage.removesuffix("_pairwise")
     raw: dict[str, Any] = {"stage": stage, "seed": 0, "model": {"name_or_path": str(model), "max_length": 128},
                            "train": dict(TRAIN)}
     if stage == "sft":
@@ -46,10 +48,8 @@ def stage_recipe(stage: str, model: Path, data: dict[str, Path]) -> dict[str, An
     else:
         raw["data"] = {"datasets": [{"path": str(data["prefs"]), "format": "ranking"}]}
     if stage == "reward":
-        raw["reward"] = {"loss": "ranking", "center_rewards_coefficient": 0.01, "normalize": False}
-        # group_by_length forms its length groups from the per-device batch size; random order is the same
-        # global batches whatever the number of processes.
-        raw["train"]["trainer_kwargs"] = {"train_sampling_strategy": "random"}
+        # The default group_by_length order: length groups are formed over the global batch.
+        raw["reward"] = {"loss": loss, "center_rewards_coefficient": 0.01, "normalize": False}
     if stage == "dpo":
         raw["dpo"] = {"beta": 0.5}
     return raw
@@ -79,7 +79,7 @@ def losses(run: Path) -> list[tuple[int, float, float]]:
     return [(r["step"], r["loss"], r["grad_norm"]) for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "reward_pairwise", "dpo"])
 def test_two_process_ddp_matches_one_process(stage, tiny_model_dir, data, tmp_path):
     recipe = tmp_path / f"{stage}.yaml"
     recipe.write_text(yaml.safe_dump(stage_recipe(stage, tiny_model_dir, data)))
@@ -95,7 +95,8 @@ def test_two_process_ddp_matches_one_process(stage, tiny_model_dir, data, tmp_pa
         assert grad_2 == pytest.approx(grad_1, rel=1e-3, abs=1e-5), f"{stage} step {step} grad norm"
     assert sum(loss_1 != pytest.approx(one[0][1]) for _, loss_1, _ in one) > 0  # the runs did train
     # Rank 1 does not repeat rank 0's progress lines.
-    assert out.count(f"INFO alignkit.{stage}:") == single_out.count(f"INFO alignkit.{stage}:") > 0
+    logger = f"INFO alignkit.{stage.removesuffix('_pairwise')}:"
+    assert out.count(logger) == single_out.count(logger) > 0
     assert (tmp_path / "two" / "run.json").is_file()
 
 

@@ -33,7 +33,7 @@ from alignkit.reward_model import (
     reward_input_ids,
 )
 from alignkit.runio import MetricsLogger, RunDir, atomic_dir, atomic_write_json
-from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb
+from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, with_global_length_groups
 
 log = logging.getLogger("alignkit.reward")
 
@@ -142,14 +142,15 @@ def build_trainer(recipe: Recipe, model: Any, tokenizer: Any, train_rows: list[d
                  "length": e["length"]} for e in encoded]
         config = make_config(RewardConfig, recipe, run_dir, max_length=recipe.model.max_length,
                              center_rewards_coefficient=section.center_rewards_coefficient, **sampling)
-        return RewardTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows),
-                             processing_class=tokenizer, callbacks=callbacks)
+        trainer_cls = with_global_length_groups(RewardTrainer)
+        return trainer_cls(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows),
+                           processing_class=tokenizer, callbacks=callbacks)
     from transformers import TrainingArguments
     from trl.trainer.utils import disable_dropout_in_model
 
     disable_dropout_in_model(model)  # as TRL's RewardTrainer does: dropout only adds noise to score differences
     config = make_config(TrainingArguments, recipe, run_dir, **sampling)
-    trainer_cls = ranking_trainer_class(section.center_rewards_coefficient)
+    trainer_cls = with_global_length_groups(ranking_trainer_class(section.center_rewards_coefficient))
     return trainer_cls(model=model, args=config, train_dataset=datasets.Dataset.from_list(encoded),
                        data_collator=RankingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                        callbacks=callbacks)

@@ -91,6 +91,29 @@ def metrics_callback(run_dir: RunDir, enabled: bool = True) -> Any:
     return _Metrics()
 
 
+def with_global_length_groups(trainer_cls: type) -> type:
+    """`trainer_cls` whose group_by_length sampler groups over the global batch (every DDP rank together).
+
+    transformers sizes its length groups by the per-device batch, so under DDP the same recipe would
+    form different global batches than one process does; sized by the global batch, the index order is
+    the same and Accelerate hands each rank its slice of the same batches.
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class GlobalLengthGroups(trainer_cls):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            args = self.args
+            if args.train_sampling_strategy != "group_by_length" or args.length_column_name not in getattr(
+                    dataset, "column_names", []):
+                return super()._get_train_sampler(train_dataset)
+            size = args.train_batch_size * args.world_size * args.gradient_accumulation_steps
+            return LengthGroupedSampler(size, dataset=dataset, lengths=dataset[args.length_column_name])
+
+    GlobalLengthGroups.__name__ = trainer_cls.__name__
+    return GlobalLengthGroups
+
+
 def save_final_model(model: Any, tokenizer: Any, run_dir: RunDir) -> None:
     """Save model (or adapter) + tokenizer + chat template to run_dir/model in one atomic rename."""
     from accelerate import PartialState
