@@ -13,6 +13,7 @@ from alignkit.cli import train
 from alignkit.config.recipe import validate_recipe
 from alignkit.errors import AlignkitError
 from alignkit.eval.harness import load_prompts, resolve_pairs
+from alignkit.ppo.checkpoint import KL_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "data" / "models" / "tiny-base")
@@ -142,7 +143,7 @@ def test_ppo_checkpoints_give_a_win_rate_against_kl_curve(tmp_path, random_llama
     for step, kl in ((20, 0.5), (10, 0.1)):
         ckpt = ppo / "checkpoints" / f"checkpoint-{step}"
         shutil.copytree(random_llama, ckpt / "policy")
-        (ckpt / "trainer_state.json").write_text(json.dumps({"rollout": step, "kl": kl}))
+        (ckpt / "trainer_state.json").write_text(json.dumps({"rollout": step, KL_KEY: kl}))  # as PPOTrainer writes
     (ppo / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "objective/kl": 0.01 * s,
                                                            "objective/scores": 0.1}) + "\n" for s in (10, 20)))
     out = tmp_path / "run"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from alignkit.ppo.checkpoint import KL_KEY
 from alignkit.ppo.modules import FROZEN_ADAPTER, REF_ADAPTER, response_logits
 from alignkit.ppo.trainer import PPOConfig, PPOTrainer
 
@@ -130,6 +131,8 @@ def test_checkpoint_and_resume_continue_exactly(tiny, ppo_tokenizer, tmp_path: P
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["rollout"] == 2 and state["episode"] == 32 and state["kl_coef"] == cfg.kl_coef
     assert state["metrics"]["kl"] == pytest.approx(sum(h["objective/kl"] for h in full_history[:2]) / 2)
+    # The eval harness plots win rate against this KL (tests/eval/test_harness.py reads the same key).
+    assert state[KL_KEY] == pytest.approx(full_history[1]["objective/kl"]) and state[KL_KEY] > 0
     assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 3  # the default JSONL logger
 
     resumed = fresh(tmp_path / "b")

@@ -334,12 +334,14 @@ def compact_metrics(report: dict[str, Any]) -> dict[str, Any]:
 
 def ppo_checkpoints(ppo_run: str) -> list[tuple[Path, float]]:
     """(policy folder, KL from trainer_state.json) of every checkpoint of a PPO run, oldest first."""
+    from alignkit.ppo.checkpoint import KL_KEY
+
     root = Path(ppo_run) / "checkpoints"
     found = []
     for ckpt in root.glob("checkpoint-*") if root.is_dir() else []:
         state = ckpt / "trainer_state.json"
         if (ckpt / "policy").is_dir() and state.is_file():
-            found.append((int(ckpt.name.split("-")[-1]), ckpt / "policy", json.loads(state.read_text()).get("kl")))
+            found.append((int(ckpt.name.split("-")[-1]), ckpt / "policy", json.loads(state.read_text()).get(KL_KEY)))
     if not found:
         raise AlignkitError("no checkpoint-<n>/policy with trainer_state.json", where=f"eval.ppo_run: {ppo_run}")
     return [(policy, kl) for _, policy, kl in sorted(found)]

@@ -10,6 +10,9 @@ import torch
 from alignkit.ppo.modules import REF_ADAPTER, is_peft_model
 
 CHECKPOINT_PREFIX = "checkpoint-"
+# trainer_state.json's key for the checkpoint's KL to the reference (objective/kl of its last rollout):
+# the x axis of the eval harness's win-rate-vs-KL curve.
+KL_KEY = "kl"
 
 
 def save_policy(policy: Any, folder: Path, tokenizer: Any = None) -> None:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from alignkit.ppo import core
 from alignkit.ppo.checkpoint import (
     CHECKPOINT_PREFIX,
+    KL_KEY,
     latest_checkpoint,
     load_full_weights,
     load_policy,
@@ -253,6 +254,7 @@ class PPOTrainer:
                        tmp / "optimizer.pt")
             atomic_write_json(tmp / "trainer_state.json", {
                 "rollout": self.rollout_idx, "episode": self.episode, "kl_coef": self.kl_ctl.value,
+                KL_KEY: self.history[-1]["objective/kl"] if self.history else 0.0,
                 "metrics": {"kl": _mean(recent, "objective/kl"), "scores": _mean(recent, "objective/scores"),
                             "last": self.history[-1] if self.history else {}},
                 "config": asdict(self.config), "history": self.history,
