@@ -99,6 +99,17 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
+def write_comparison(name: str, metric: str, alignkit: float, baseline: float, baseline_name: str, goal: float,
+                     goal_direction: str = ">=", **extra: Any) -> Path:
+    """write_result for alignkit vs a baseline measured in the same run: the ratio judged against its goal
+    (">=": at least goal, for speeds; "<=": at most goal, for costs such as memory)."""
+    ratio = alignkit / baseline
+    met = ratio >= goal if goal_direction == ">=" else ratio <= goal
+    return write_result(name, {"metric": metric, "alignkit": alignkit, "baseline": baseline,
+                               "baseline_name": baseline_name, "ratio": ratio, "goal": goal,
+                               "goal_direction": goal_direction, "met": met, **extra})
+
+
 def last_log(log_history: list[dict[str, Any]], key: str) -> Any:
     """The last value of `key` in a Trainer's log history (or metrics.jsonl rows)."""
     return [row[key] for row in log_history if key in row][-1]

@@ -41,13 +41,11 @@ def main() -> None:
     values = common.interleave({"batch32": lambda _: tokens_per_s(32), "batch1": lambda _: tokens_per_s(1)},
                                args.reps)
     batched, single = common.median(values["batch32"]), common.median(values["batch1"])
-    common.write_result("eval_generation", {
-        "metric": "generated tokens/s", "alignkit": batched, "baseline": single,
-        "baseline_name": "one prompt at a time (batch_size 1)", "ratio": batched / single, "goal": 4.0,
-        "met": batched / single >= 4.0, "runs": values,
-        "settings": {"model": MODEL, "prompts": N_PROMPTS, "max_new_tokens": NEW_TOKENS, "temperature": 0.7,
-                     "reps": args.reps},
-    })
+    common.write_comparison(
+        "eval_generation", "generated tokens/s", batched, single, "one prompt at a time (batch_size 1)", goal=4.0,
+        runs=values, settings={"model": MODEL, "prompts": N_PROMPTS, "max_new_tokens": NEW_TOKENS,
+                               "temperature": 0.7, "reps": args.reps},
+    )
 
 
 if __name__ == "__main__":

@@ -85,14 +85,13 @@ def main() -> None:
         above = {m: runs[m][key] - runs[m]["rss_after_imports_mb"] for m in (mode, "full")}
         runs[mode]["above_imports_ratio_to_full"] = above[mode] / above["full"]
     qlora, full = runs["qlora"][key], runs["full"][key]
-    common.write_result("memory", {
-        "metric": "peak RSS MB (after training)", "alignkit": qlora, "baseline": full,
-        "baseline_name": "full fine-tuning", "ratio": qlora / full, "goal": 0.4, "goal_direction": "<=",
-        "met": qlora / full <= 0.4, "runs": runs,
-        "settings": {"params": n_params, "layers": 14, "hidden": 768, "dtype": "float32", "batch": 4,
-                     "max_length": 128, "steps": args.steps, "lora": "recipes' r16 a32 all-linear + embed_tokens",
-                     "qlora": "nf4, double quant, float32 compute"},
-    })
+    common.write_comparison(
+        "memory", "peak RSS MB (after training)", qlora, full, "full fine-tuning", goal=0.4, goal_direction="<=",
+        runs=runs,
+        settings={"params": n_params, "layers": 14, "hidden": 768, "dtype": "float32", "batch": 4,
+                  "max_length": 128, "steps": args.steps, "lora": "recipes' r16 a32 all-linear + embed_tokens",
+                  "qlora": "nf4, double quant, float32 compute"},
+    )
 
 
 if __name__ == "__main__":

@@ -69,14 +69,13 @@ def main() -> None:
                                 "packed_flat": lambda _: tokens_per_s(work, data, True, args.steps, "flat")},
                                args.reps)
     packed, padded = common.median(values["packed"]), common.median(values["padded"])
-    common.write_result("packing", {
-        "metric": "tokens/s (non-pad)", "alignkit": packed, "baseline": padded,
-        "baseline_name": "alignkit, padding (data.packing=false)", "ratio": packed / padded, "goal": 1.5,
-        "met": packed / padded >= 1.5, "runs": values,
-        "settings": {"model": MODEL, "data": stats, "batch": BATCH, "max_length": MAX_LENGTH, "steps": args.steps,
-                     "reps": args.reps, "packing_strategy": "bfd", "packed_layout": "auto (rows on CPU sdpa)",
-                     "packed_flat_ratio": common.median(values["packed_flat"]) / padded},
-    })
+    common.write_comparison(
+        "packing", "tokens/s (non-pad)", packed, padded, "alignkit, padding (data.packing=false)", goal=1.5,
+        runs=values,
+        settings={"model": MODEL, "data": stats, "batch": BATCH, "max_length": MAX_LENGTH, "steps": args.steps,
+                  "reps": args.reps, "packing_strategy": "bfd", "packed_layout": "auto (rows on CPU sdpa)",
+                  "packed_flat_ratio": common.median(values["packed_flat"]) / padded},
+    )
 
 
 if __name__ == "__main__":

@@ -125,17 +125,16 @@ def main() -> None:
     alignkit, rloo = common.median(values["alignkit"]), common.median(values["rloo"])
     runs = details["alignkit"]
     breakdown = {k: common.median([r[k] / r["seconds"] for r in runs]) for k in ("generate_s", "rollout_s", "train_s")}
-    common.write_result("ppo_vs_rloo", {
-        "metric": "episodes/s", "alignkit": alignkit, "baseline": rloo, "baseline_name": "TRL RLOOTrainer",
-        "ratio": alignkit / rloo, "goal": 1.0, "met": alignkit / rloo >= 1.0, "runs": values, "details": details,
-        "alignkit_time_share": {"generate": breakdown["generate_s"],
-                                "rollout_other": breakdown["rollout_s"] - breakdown["generate_s"],
-                                "train": breakdown["train_s"]},
-        "settings": {"policy": POLICY, "reward_model": rm, "episodes_per_generation_batch": EPISODES_PER_BATCH,
-                     "mini_batch": MINI_BATCH, "max_new_tokens": NEW_TOKENS, "passes_per_batch": 1,
-                     "rollouts_per_run": args.rollouts, "reps": args.reps, "lora": "r16 a32 all-linear",
-                     "rloo_num_generations": 2},
-    })
+    common.write_comparison(
+        "ppo_vs_rloo", "episodes/s", alignkit, rloo, "TRL RLOOTrainer", goal=1.0, runs=values, details=details,
+        alignkit_time_share={"generate": breakdown["generate_s"],
+                             "rollout_other": breakdown["rollout_s"] - breakdown["generate_s"],
+                             "train": breakdown["train_s"]},
+        settings={"policy": POLICY, "reward_model": rm, "episodes_per_generation_batch": EPISODES_PER_BATCH,
+                  "mini_batch": MINI_BATCH, "max_new_tokens": NEW_TOKENS, "passes_per_batch": 1,
+                  "rollouts_per_run": args.rollouts, "reps": args.reps, "lora": "r16 a32 all-linear",
+                  "rloo_num_generations": 2},
+    )
 
 
 if __name__ == "__main__":

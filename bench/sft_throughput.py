@@ -67,12 +67,11 @@ def main() -> None:
     values = common.interleave({"alignkit": lambda _: alignkit_tokens_per_s(work, args.steps),
                                 "trl": lambda _: trl_tokens_per_s(work, args.steps)}, args.reps)
     alignkit, trl = common.median(values["alignkit"]), common.median(values["trl"])
-    common.write_result("sft_throughput", {
-        "metric": "tokens/s (non-pad)", "alignkit": alignkit, "baseline": trl, "baseline_name": "TRL SFTTrainer script",
-        "ratio": alignkit / trl, "goal": 1.0, "met": alignkit / trl >= 1.0, "runs": values,
-        "settings": {"model": MODEL, "data": DATA, "batch": BATCH, "max_length": MAX_LENGTH, "steps": args.steps,
-                     "reps": args.reps, "lora": "r16 a32 all-linear + embed_tokens"},
-    })
+    common.write_comparison(
+        "sft_throughput", "tokens/s (non-pad)", alignkit, trl, "TRL SFTTrainer script", goal=1.0, runs=values,
+        settings={"model": MODEL, "data": DATA, "batch": BATCH, "max_length": MAX_LENGTH, "steps": args.steps,
+                  "reps": args.reps, "lora": "r16 a32 all-linear + embed_tokens"},
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,36 @@ CHAT_ROWS: list[dict[str, Any]] = [
                   {"role": "user", "content": "Say it in capitals."},
                   {"role": "assistant", "content": "RED."}]},
 ]
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """A quiet HTTP handler for local fake servers (Hub, OpenAI-compatible judge) that answers JSON."""
+
+    def send_json(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+
+# Without CUDA, Accelerate sets up multi-process CPU (gloo) only when told to use the CPU.
+CPU_ENV = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
+def launch_command(script: str | Path, *args: str, processes: int = 1) -> list[str]:
+    """`python script args`, or `accelerate launch --multi_gpu` of it with N processes (DDP over gloo on CPU)."""
+    import sys
+
+    if processes == 1:
+        return [sys.executable, str(script), *args]
+    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
+            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            str(script), *args]
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import CHAT_ROWS, REPO, write_jsonl
+from tests.conftest import CHAT_ROWS, CPU_ENV, REPO, launch_command, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -56,16 +55,10 @@ def stage_recipe(stage: str, model: Path, data: dict[str, Path]) -> dict[str, An
 
 
 def cli(args: list[str], *, processes: int = 1, **popen: Any) -> subprocess.Popen:
-    """Start the CLI: `python -m alignkit.run` or `accelerate launch --multi_gpu` with N CPU processes."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    if processes == 1:
-        cmd = [sys.executable, "-m", "alignkit.run", *args]
-    else:
-        cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
-               str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "alignkit" / "run.py"), *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **popen)
+    """Start the CLI (alignkit/run.py) in one process or under `accelerate launch` with N CPU processes."""
+    return subprocess.Popen(launch_command(REPO / "alignkit" / "run.py", *args, processes=processes), cwd=REPO,
+                            env={**os.environ, **CPU_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
 
 
 def finish(proc: subprocess.Popen, timeout: int = 300) -> str:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +19,15 @@ import pytest
 import yaml
 
 from alignkit.modelcard import render_card
+from tests.conftest import JSONHandler
 
 TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 
 
-class FakeHub(BaseHTTPRequestHandler):
+class FakeHub(JSONHandler):
     """Records every request; answers the calls create_repo + create_commit make (README metadata included)."""
 
     requests: list[dict[str, Any]] = []
-
-    def log_message(self, *args: Any) -> None:  # keep pytest output clean
-        pass
-
-    def _reply(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -47,21 +37,21 @@ class FakeHub(BaseHTTPRequestHandler):
         parts = self.path.split("?")[0].strip("/").split("/")
         if parts[:3] == ["api", "repos", "create"]:
             req = json.loads(body)
-            return self._reply(200, {"url": f"{base}/{req['organization']}/{req['name']}"})
+            return self.send_json(200, {"url": f"{base}/{req['organization']}/{req['name']}"})
         if parts[:2] == ["api", "validate-yaml"]:
-            return self._reply(200, {"errors": [], "warnings": []})  # the client checks the card's metadata first
+            return self.send_json(200, {"errors": [], "warnings": []})  # the client checks the card's metadata first
         if parts[:2] == ["api", "models"] and len(parts) == 6 and parts[4] == "preupload":
             files = json.loads(body)["files"]
-            return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+            return self.send_json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
                                                for f in files]})
         if parts[:2] == ["api", "models"] and len(parts) == 6 and parts[4] == "commit":
-            return self._reply(200, {"commitUrl": f"{base}/{parts[2]}/{parts[3]}/commit/{'a' * 40}",
+            return self.send_json(200, {"commitUrl": f"{base}/{parts[2]}/{parts[3]}/commit/{'a' * 40}",
                                      "commitOid": "a" * 40})
-        return self._reply(404, {"error": f"not implemented: {self.path}"})
+        return self.send_json(404, {"error": f"not implemented: {self.path}"})
 
     def do_GET(self) -> None:  # noqa: N802
         self.requests.append({"method": "GET", "path": self.path, "auth": self.headers.get("Authorization")})
-        self._reply(404, {"error": "not implemented"})
+        self.send_json(404, {"error": "not implemented"})
 
 
 @pytest.fixture

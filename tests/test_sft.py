@@ -74,11 +74,15 @@ def test_label_mask_is_assistant_content_and_eos_only(tiny_model_dir, tmp_path):
     assert trained == f"Eastvale.{EOS}The Ilsa.{EOS}"  # both turns, EOS included, nothing else
 
 
+def packed_trainer(base: Path, data_file: Path, tmp_path: Path, **sections: Any) -> Any:
+    """The SFT trainer of a packing recipe (sections deep-merge over sft_recipe's defaults)."""
+    recipe = sft_recipe(base, data_file, tmp_path / "run", data={"packing": True}, **sections)
+    return sft.build_trainer(recipe, RunDir(tmp_path / "run"))
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_logits_equal_unpacked(tiny_model_dir, chat_file, tmp_path, attn):
-    recipe = sft_recipe(tiny_model_dir, chat_file, tmp_path / "run", data={"packing": True},
-                        model={"attn_implementation": attn})
-    trainer = sft.build_trainer(recipe, RunDir(tmp_path / "run"))
+    trainer = packed_trainer(tiny_model_dir, chat_file, tmp_path, model={"attn_implementation": attn})
     model = trainer.model.eval()
     batch = trainer.data_collator([trainer.train_dataset[0]])
     assert "attention_mask" not in batch  # padding-free: boundaries live in position_ids only
@@ -100,9 +104,7 @@ def test_packed_logits_equal_unpacked(tiny_model_dir, chat_file, tmp_path, attn)
 
 @pytest.mark.parametrize("layout", ["rows", "flat"])
 def test_packed_batch_layouts_keep_samples_apart(tiny_model_dir, chat_file, tmp_path, layout):
-    recipe = sft_recipe(tiny_model_dir, chat_file, tmp_path / "run", data={"packing": True},
-                        sft={"packed_layout": layout})
-    trainer = sft.build_trainer(recipe, RunDir(tmp_path / "run"))
+    trainer = packed_trainer(tiny_model_dir, chat_file, tmp_path, sft={"packed_layout": layout})
     model = trainer.model.eval()
     examples = [trainer.train_dataset[i] for i in range(3)]
     batch = trainer.data_collator(examples)
@@ -131,10 +133,8 @@ def test_packed_batch_layouts_keep_samples_apart(tiny_model_dir, chat_file, tmp_
 
 @pytest.mark.parametrize("layout", ["rows", "flat"])
 def test_packed_epoch_counts_every_real_token(tiny_model_dir, chat_file, tmp_path, layout):
-    recipe = sft_recipe(tiny_model_dir, chat_file, tmp_path / "run", data={"packing": True},
-                        sft={"packed_layout": layout},
-                        train={"max_steps": -1, "num_train_epochs": 1, "per_device_train_batch_size": 2})
-    trainer = sft.build_trainer(recipe, RunDir(tmp_path / "run"))
+    trainer = packed_trainer(tiny_model_dir, chat_file, tmp_path, sft={"packed_layout": layout},
+                             train={"max_steps": -1, "num_train_epochs": 1, "per_device_train_batch_size": 2})
     real = sum(len(row["input_ids"]) for row in trainer.train_dataset)
     trainer.train()
     logged = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]

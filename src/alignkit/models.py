@@ -90,7 +90,7 @@ def adapter_base(path: str) -> str | None:
 
 def _from_pretrained(cls: Any, path: str, model: ModelSection, key: str, **kwargs: Any) -> Any:
     try:
-        return cls.from_pretrained(
+        loaded = cls.from_pretrained(
             path,
             revision=model.revision,
             trust_remote_code=model.trust_remote_code,
@@ -100,6 +100,9 @@ def _from_pretrained(cls: Any, path: str, model: ModelSection, key: str, **kwarg
         )
     except (OSError, ValueError) as exc:
         raise _hub_error(path, exc, key) from None
+    if "quantization_config" in kwargs:
+        release_checkpoint_mapping(loaded)
+    return loaded
 
 
 def load_causal_lm(model: ModelSection, quant: QuantizationSection | None = None,
@@ -113,8 +116,6 @@ def load_causal_lm(model: ModelSection, quant: QuantizationSection | None = None
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
     lm = _from_pretrained(AutoModelForCausalLM, base or model.name_or_path, model, "model.name_or_path", **kwargs)
-    if qcfg is not None:
-        release_checkpoint_mapping(lm)
     if tokenizer is not None and len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         lm.resize_token_embeddings(len(tokenizer))
     if base is not None:

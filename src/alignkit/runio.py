@@ -139,10 +139,11 @@ class RunDir:
             )
         if self.path.exists() and not self.path.is_dir():
             raise AlignkitError("exists and is not a folder", where=f"output_dir: {self.path}")
-        if not resume and not overwrite and self.latest_checkpoint() is not None:
+        unfinished = None if resume or overwrite else self.latest_checkpoint()
+        if unfinished is not None:
             # A crashed run's checkpoints are its progress: a fresh start would overwrite them.
             raise AlignkitError(
-                f"holds checkpoints of an unfinished run ({self.latest_checkpoint().name}); set "
+                f"holds checkpoints of an unfinished run ({unfinished.name}); set "
                 "train.resume_from_checkpoint=true to continue it or train.overwrite_output_dir=true to start over",
                 where=f"output_dir: {self.path}",
             )

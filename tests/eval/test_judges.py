@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from alignkit.eval.judges import (
     load_template,
     parse_verdict,
 )
+from tests.conftest import JSONHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = load_template(ROOT / "eval" / "judge_templates" / "pairwise.txt")
@@ -133,7 +134,7 @@ def test_parse_verdict(text, verdict):
 SECRET = "sk-test-0123456789abcdef"
 
 
-class ChatHandler(BaseHTTPRequestHandler):
+class ChatHandler(JSONHandler):
     """/v1/chat/completions that prefers the answer mentioning Eastvale; fails the first call with 503."""
 
     seen_auth: list[str] = []
@@ -147,28 +148,17 @@ class ChatHandler(BaseHTTPRequestHandler):
             type(self).seen_auth.append(self.headers.get("Authorization", ""))
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path != "/v1/chat/completions":
-            return self._send(404, {"error": "not found"})
+            return self.send_json(404, {"error": "not found"})
         if self.headers.get("Authorization") != f"Bearer {SECRET}":
-            return self._send(401, {"error": "bad key"})
+            return self.send_json(401, {"error": "bad key"})
         if call == 1:
-            return self._send(503, {"error": "warming up"})  # the client must retry
+            return self.send_json(503, {"error": "warming up"})  # the client must retry
         text = body["messages"][-1]["content"]
         first = text.split("[Answer A]")[1].split("[Answer B]")[0]
         second = text.split("[Answer B]")[1].split("Which answer")[0]
         verdict = "A" if "Eastvale" in first and "Eastvale" not in second else (
             "B" if "Eastvale" in second and "Eastvale" not in first else "tie")
-        return self._send(200, {"choices": [{"message": {"role": "assistant", "content": verdict}}]})
-
-    def _send(self, code: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):  # keep the test output quiet
-        pass
+        return self.send_json(200, {"choices": [{"message": {"role": "assistant", "content": verdict}}]})
 
 
 @pytest.fixture

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import CPU_ENV, launch_command
 
 SCRIPT = '''
 import copy, importlib.util, sys, torch
@@ -34,13 +35,9 @@ print("RESULT", t.accelerator.process_index, t.accelerator.num_processes, repr(t
 def test_two_process_ddp_on_cpu(tmp_path: Path):
     script = tmp_path / "run_ppo.py"
     script.write_text(SCRIPT)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    # Without CUDA, Accelerate sets up multi-process CPU (gloo) only when told to use the CPU.
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
-    out = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-                          str(Path(__file__).with_name("conftest.py")), str(tmp_path / "ckpt")],
-                         capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(launch_command(script, str(Path(__file__).with_name("conftest.py")), str(tmp_path / "ckpt"),
+                                        processes=2),
+                         capture_output=True, text=True, timeout=300, env={**os.environ, **CPU_ENV})
     assert out.returncode == 0, out.stderr[-3000:]
     rows = sorted(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("RESULT"))
     assert [r[:2] for r in rows] == [["0", "2"], ["1", "2"]]
@@ -77,7 +74,7 @@ if t.accelerator.is_main_process:
 
 def _run(cmd: list[str], tmp_path: Path) -> dict:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, **CPU_ENV})
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
@@ -88,10 +85,8 @@ def test_two_process_ppo_matches_one_process(tmp_path: Path):
     script = tmp_path / "parity.py"
     script.write_text(PARITY)
     conftest = str(Path(__file__).with_name("conftest.py"))
-    one = _run([sys.executable, str(script), conftest], tmp_path)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    two = _run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", str(script), conftest], tmp_path)
+    one = _run(launch_command(script, conftest), tmp_path)
+    two = _run(launch_command(script, conftest, processes=2), tmp_path)
     assert (one["n"], two["n"]) == (1, 2)
     assert len(one["history"]) == len(two["history"]) == 3
     for step, (a, b) in enumerate(zip(one["history"], two["history"], strict=True)):

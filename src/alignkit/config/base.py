@@ -26,6 +26,13 @@ def looks_local(path: str) -> bool:
     )
 
 
+def check_unique_names(names: list[str], what: str) -> None:
+    """Raise when a name is used twice (steps, models: later keys refer to them by name)."""
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise ValueError(f"{what} name {dup!r} is used twice; names must be unique")
+
+
 def check_local_path(path: str | None) -> str | None:
     """Raise if a path that is clearly local does not exist; Hub ids pass through."""
     if path is not None and looks_local(path) and not Path(path).expanduser().exists():

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from alignkit.config.base import Section, check_local_path
+from alignkit.config.base import Section, check_local_path, check_unique_names
 
 
 class EvalModel(Section):
@@ -95,9 +95,7 @@ class EvalSection(Section):
     @model_validator(mode="after")
     def _names(self) -> EvalSection:
         names = [m.name for m in self.models]
-        dup = next((n for n in names if names.count(n) > 1), None)
-        if dup:
-            raise ValueError(f"model name {dup!r} is used twice; names must be unique")
+        check_unique_names(names, "model")
         refs = [m.ref for m in self.models if m.ref] + [n for n in (self.reference, self.ppo_against) if n]
         if isinstance(self.pairs, list):
             for pair in self.pairs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from alignkit.config.base import Section, check_local_path
+from alignkit.config.base import Section, check_local_path, check_unique_names
 
 
 class PipelineStep(Section):
@@ -26,9 +26,7 @@ class PipelineSection(Section):
     @model_validator(mode="after")
     def _names(self) -> PipelineSection:
         names = [s.name for s in self.steps]
-        dup = next((n for n in names if names.count(n) > 1), None)
-        if dup:
-            raise ValueError(f"step name {dup!r} is used twice; names must be unique")
+        check_unique_names(names, "step")
         if self.report is not None and self.report not in names:
             raise ValueError(f"report names no step ({self.report!r}; steps: {', '.join(names)})")
         return self

@@ -191,25 +191,23 @@ def _collect(spec: EvalModel, records: list[dict[str, Any]], jobs: list[Job], te
     return out
 
 
-def pick_best_of_n(outputs: ModelOutputs, rows: Sequence[dict[str, Any]], scorer: Any) -> None:
-    """Best-of-n: keep the reward model's favourite of each prompt's n candidates."""
-    n = len(outputs.candidates[0])
-    flat = [c for group in outputs.candidates for c in group]
-    scores = scorer.score([r["prompt"] for r in rows for _ in range(n)], [c["text"] for c in flat],
-                          [c["ended"] for c in flat]).view(len(rows), n)
+def pick_best_of_n(outputs: ModelOutputs, scores: torch.Tensor) -> None:
+    """Best-of-n: keep each prompt's highest-scoring candidate (`scores` is [prompts, n])."""
     outputs.main = [group[int(k)] for group, k in zip(outputs.candidates, scores.argmax(-1), strict=True)]
+    outputs.candidates = []
 
 
-def pick_best_of_n_by_oracle(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]]) -> None:
+def oracle_best_of_n(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]]) -> None:
     """Best-of-n ranked by the world's oracle: the gold reward's best-of-n, an upper bound for a learned RM."""
     from alignkit.eval.judges import world_meta
     from alignkit.world import oracle
 
     for out in outputs.values():
         if out.candidates and out.spec.best_of_n_by == "oracle":
-            out.main = [max(group, key=lambda c, meta=world_meta(row): oracle.score(meta, c["text"], c["ended"]).total)
-                        for group, row in zip(out.candidates, rows, strict=True)]
-            out.candidates = []
+            metas = [world_meta(row) for row in rows]
+            pick_best_of_n(out, torch.tensor([[oracle.score(meta, c["text"], c["ended"]).total for c in group]
+                                              for group, meta in zip(out.candidates, metas, strict=True)],
+                                             dtype=torch.float64))
 
 
 def reward_scores(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]], path: str) -> dict[str, list]:
@@ -218,8 +216,11 @@ def reward_scores(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any
 
     scorer = RewardScorer.from_pretrained(path, device="cuda" if torch.cuda.is_available() else None)
     for out in outputs.values():
-        if out.candidates:
-            pick_best_of_n(out, rows, scorer)
+        if out.candidates:  # best-of-n by the reward model
+            n = len(out.candidates[0])
+            flat = [c for group in out.candidates for c in group]
+            pick_best_of_n(out, scorer.score([r["prompt"] for r in rows for _ in range(n)], [c["text"] for c in flat],
+                                             [c["ended"] for c in flat]).view(len(rows), n))
     prompts = [r["prompt"] for r in rows]
     scores = {name: scorer.score(prompts, [c["text"] for c in out.main], [c["ended"] for c in out.main]).tolist()
               for name, out in outputs.items()}
@@ -386,7 +387,7 @@ def run(recipe: Any, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
                for m in section.models}
     timing["generation_s"] = time.time() - start
     t = time.time()
-    pick_best_of_n_by_oracle(outputs, rows)
+    oracle_best_of_n(outputs, rows)
     rewards = reward_scores(outputs, rows, section.reward_model) if section.reward_model else {}
     kls = kl_to_ref(outputs, section)
     timing["reward_kl_s"] = time.time() - t

@@ -52,19 +52,22 @@ def pad_after_eos(response_ids: torch.Tensor, mask: torch.Tensor, pad_token_id: 
     return torch.where(mask.bool(), response_ids, torch.full_like(response_ids, pad_token_id))
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean over valid positions."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None,
+                reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean over valid positions; `reduce_sum` (whole-tensor means only) sums over data-parallel processes."""
     mask = mask.to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
+        total = reduce_sum or (lambda t: t)
+        return total((x * mask).sum()) / total(mask.sum()).clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance over valid positions (Bessel-corrected by default)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True,
+               reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Variance over valid positions (Bessel-corrected by default), over all processes with `reduce_sum`."""
+    mean = masked_mean(x, mask, reduce_sum=reduce_sum)
+    var = masked_mean((x - mean) ** 2, mask, reduce_sum=reduce_sum)
+    n = (reduce_sum or (lambda t: t))(mask.to(x.dtype).sum())
     if unbiased and n > 1:
         var = var * n / (n - 1)
     return var
@@ -79,13 +82,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     """
     # Padding must not pull the statistics (N+ details, "advantage whitening"); shift_mean=False keeps the
     # sign of rewards when whitening rewards.
-    total = reduce_sum or (lambda t: t)
-    m = mask.to(x.dtype)
-    n = total(m.sum()).clamp(min=1)
-    mean = total((x * m).sum()) / n
-    var = total((((x - mean) * m) ** 2).sum()) / n
-    if n > 1:
-        var = var * n / (n - 1)  # Bessel-corrected, as masked_var
+    mean, var = masked_mean(x, mask, reduce_sum=reduce_sum), masked_var(x, mask, reduce_sum=reduce_sum)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean
