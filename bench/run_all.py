@@ -76,6 +76,9 @@ def details(results: dict[str, dict]) -> list[str]:
                           for m, v in mem["runs"].items())
         out.append(f"- Peak RSS after training: {parts}; {mem['settings']['params'] / 1e6:.0f}M parameters, "
                    f"batch {mem['settings']['batch']} x {mem['settings']['max_length']} tokens.")
+        same = mem["runs"].get("qlora", {}).get("ratio_to_full_same_allocator")
+        if same is not None:
+            out.append(f"- QLoRA vs full fine-tuning under the same allocator setting (full_same_allocator): {same:.2f}x.")
         if all("above_imports_ratio_to_full" in v for v in mem["runs"].values()):
             base = mem["runs"]["full"]["rss_after_imports_mb"]
             above = ", ".join(f"{m} {v['above_imports_ratio_to_full']:.2f}x" for m, v in mem["runs"].items())

@@ -212,6 +212,33 @@ def test_qlora_trains_on_nf4_and_merges(tiny_model_dir, chat_file, tmp_path):
     assert all(p.dtype == torch.float32 for p in merged.parameters())
 
 
+def _mapped(path: Path) -> bool:
+    return str(path.resolve()) in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux /proc/self/maps")
+def test_quantized_load_reads_the_checkpoint_without_mapping_it(tiny_model_dir):
+    """A 4-bit load keeps no page of the full-precision file mapped: pread, not mmap (bench/memory.py)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from alignkit.models import read_checkpoints_without_mmap
+
+    weights = tiny_model_dir / "model.safetensors"
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    mapped = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), quantization_config=q)
+    assert _mapped(weights)  # transformers' default: unquantized tensors still view the mapped file
+    with read_checkpoints_without_mmap():
+        read = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), quantization_config=q)
+    del mapped
+    import gc
+
+    gc.collect()
+    assert not _mapped(weights)
+    reference = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), quantization_config=q)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    torch.testing.assert_close(read(ids).logits, reference(ids).logits, rtol=0, atol=0)
+
+
 def test_quantized_base_without_peft_is_a_user_error(tiny_model_dir, chat_file, tmp_path):
     recipe = sft_recipe(tiny_model_dir, chat_file, tmp_path / "run", quantization={"load_in_4bit": True})
     with pytest.raises(AlignkitError, match="peft"):
