@@ -17,6 +17,7 @@ from alignkit.reward_model import (
     centering_term,
     pairwise_loss,
     ranking_loss,
+    reward_input_ids,
     reward_input_text,
     sequence_scores,
 )
@@ -232,3 +233,68 @@ def test_sequence_scores_match_transformers_pooling_on_unpadded_rows(tiny_model_
     with torch.no_grad():
         assert sequence_scores(model, enc["input_ids"], enc["attention_mask"]).item() == pytest.approx(
             model(**enc).logits[0, 0].item(), abs=1e-5)
+
+
+# ---- GRM: the LM loss beside the ranking loss (reward.lm_loss_coef) --------------------------------------
+
+def test_lm_term_is_the_causal_lm_loss_on_each_best_response(tiny_model_dir, tiny_tokenizer):
+    """Hidden states of the reward forward through the init LM head = the causal LM's own response loss."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    rows = [_ranking_row(i) for i in range(3)]
+    for r in rows:  # best first, as load_preference_datasets orders them
+        r["responses"] = [r["responses"][i] for i in r["ranking"]]
+        r["margin"] = 0.0
+    batch = reward.RankingCollator(tiny_tokenizer.pad_token_id)(reward.encode_rankings(rows, tiny_tokenizer, 64))
+    rm = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1).eval()
+    captured = {}
+    hook = reward._decoder(rm).register_forward_hook(lambda _m, _i, out: captured.update(h=out[0]))
+    rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hook.remove()
+    head = reward.init_lm_head(str(tiny_model_dir), rm, len(tiny_tokenizer))
+    got = reward.best_response_lm_loss(captured["h"], head, batch)
+
+    lm = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    total, count = 0.0, 0
+    for r in rows:
+        prompt = reward_input_ids(tiny_tokenizer, r["prompt"], "", ended=False)
+        ids = torch.tensor([reward_input_ids(tiny_tokenizer, r["prompt"], r["responses"][0])])
+        logp = torch.log_softmax(lm(input_ids=ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        total -= logp[len(prompt) - 1:].sum().item()  # the response's tokens and its EOS
+        count += ids.shape[1] - len(prompt)
+    assert got.item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_lm_loss_coef_keeps_the_backbone_a_language_model(tmp_path, tiny_model_dir, tiny_tokenizer, world):
+    """Same run with and without the term: with it the LM loss is logged and ends lower."""
+    from transformers import AutoModelForSequenceClassification
+
+    rows = [_ranking_row(i) for i in range(8)]
+    for r in rows:
+        r["responses"] = [r["responses"][i] for i in r["ranking"]]
+        r["margin"] = 0.0
+    batch = reward.RankingCollator(tiny_tokenizer.pad_token_id)(reward.encode_rankings(rows, tiny_tokenizer, 64))
+    losses = {}
+    for coef in (0.0, 1.0):
+        out = tmp_path / f"grm{coef}"
+        recipe = reward_recipe(tiny_model_dir, world["train"], world["heldout"], out,
+                               reward={"lm_loss_coef": coef}, train={"learning_rate": 1e-2})
+        metrics = reward.run(recipe, RunDir(out), "reward.yaml")
+        logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert any("lm_loss" in row for row in logged) == bool(coef)
+        assert metrics["heldout_accuracy"] >= 0.75  # the ranking is still learnt
+        rm = AutoModelForSequenceClassification.from_pretrained(str(out / "model")).eval()
+        captured = {}
+        hook = reward._decoder(rm).register_forward_hook(lambda _m, _i, o, c=captured: c.update(h=o[0]))
+        with torch.no_grad():
+            rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hook.remove()
+        head = reward.init_lm_head(str(tiny_model_dir), rm, len(tiny_tokenizer))
+        losses[coef] = reward.best_response_lm_loss(captured["h"], head, batch).item()
+    assert losses[1.0] < losses[0.0]
+
+
+def test_lm_loss_coef_needs_the_ranking_loss(tiny_model_dir, world, tmp_path):
+    with pytest.raises(Exception, match="lm_loss_coef needs loss: ranking"):
+        reward_recipe(tiny_model_dir, world["train"], world["heldout"], tmp_path / "x",
+                      reward={"loss": "pairwise", "lm_loss_coef": 0.5})

@@ -12,10 +12,12 @@ Both paths tokenize with `reward_input_ids`, the same text the scorer and a poli
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,8 +46,11 @@ def encode_rankings(rankings: list[dict], tokenizer: Any, max_length: int) -> li
     for r in rankings:
         ids = [reward_input_ids(tokenizer, r["prompt"], resp) for resp in r["responses"]]
         if max(len(x) for x in ids) <= max_length:
-            # `length` lets the Trainer batch rankings of similar length (train_sampling_strategy).
-            out.append({"input_ids": ids, "margin": r["margin"], "length": max(len(x) for x in ids)})
+            # `length` lets the Trainer batch rankings of similar length (train_sampling_strategy);
+            # `response_start` is where the responses begin (the LM loss of reward.lm_loss_coef).
+            start = len(reward_input_ids(tokenizer, r["prompt"], "", ended=False))
+            out.append({"input_ids": ids, "margin": r["margin"], "length": max(len(x) for x in ids),
+                        "response_start": start})
     dropped = len(rankings) - len(out)
     if not out:
         raise AlignkitError(f"every preference row is longer than {max_length} tokens", where="model.max_length")
@@ -75,20 +80,99 @@ class RankingCollator:
             "attention_mask": attention_mask,
             "group_sizes": torch.tensor([len(r["input_ids"]) for r in rows]),
             "margins": torch.tensor([r["margin"] for r in rows], dtype=torch.float),
+            "response_starts": torch.tensor([r.get("response_start", 0) for r in rows]),
         }
 
 
-def ranking_trainer_class(center_coef: float | None) -> Any:
-    """A transformers Trainer whose loss is the K-way ranking loss over one flat batch of responses."""
+def init_lm_head(path: str, model: Any, vocab_size: int) -> torch.nn.Linear:
+    """The init model's LM head, frozen: read from its safetensors (or its tied input embeddings)."""
+    from safetensors import safe_open
+
+    folder, name = Path(path), "lm_head.weight"
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shard = json.loads(index.read_text())["weight_map"].get(name)
+        files = [folder / shard] if shard else []
+    else:
+        files = [folder / "model.safetensors"]
+    weight = None
+    for file in files:
+        if file.is_file():
+            with safe_open(str(file), framework="pt") as st:
+                if name in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    weight = st.get_tensor(name)
+    if weight is None and getattr(model.config, "tie_word_embeddings", False):
+        weight = model.get_input_embeddings().weight.detach().clone()
+    if weight is None or weight.shape[0] < vocab_size:
+        raise AlignkitError(f"needs the init model's LM head ({name}, one row per token); {path} has none "
+                            "that covers the tokenizer", where="reward.lm_loss_coef")
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    head.weight.data.copy_(weight.float())
+    return head.requires_grad_(False)
+
+
+def best_response_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Linear, inputs: dict) -> torch.Tensor:
+    """Mean next-token loss over the response tokens (EOS included) of each ranking's first, best response."""
+    sizes = inputs["group_sizes"]
+    first = torch.cumsum(sizes, 0) - sizes
+    ids, mask = inputs["input_ids"][first], inputs["attention_mask"][first]
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    in_response = (positions[None, :] >= inputs["response_starts"][:, None]) & mask.bool()
+    logits = lm_head(hidden[first, :-1].to(lm_head.weight.dtype)).float()
+    targets = ids[:, 1:].masked_fill(~in_response[:, 1:], -100)
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
+
+
+def _decoder(model: Any) -> Any:
+    """The transformer body whose output (final hidden states, after the last norm) the score head reads."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.base_model
+
+
+def ranking_trainer_class(center_coef: float | None, lm_head: torch.nn.Linear | None = None,
+                          lm_coef: float = 0.0) -> Any:
+    """A transformers Trainer whose loss is the K-way ranking loss over one flat batch of responses.
+
+    With `lm_coef`, GRM's regulariser (Yang et al. 2024, "Regularizing Hidden States Enables Learning
+    Generalizable Reward Model for LLMs") is added: the next-token loss of each ranking's best
+    response, read through the init model's frozen LM head from the same forward pass's final hidden
+    states, so the ranking loss cannot erase what the backbone knew. TRL's RewardTrainer has no such term.
+    """
     from transformers import Trainer
 
     class RankingTrainer(Trainer):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._lm_head = lm_head
+            self._lm_sum, self._lm_n = 0.0, 0
+
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, **kw: Any) -> Any:
             groups = inputs["group_sizes"].tolist()
-            rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            use_cache=False).logits.squeeze(-1)
+            captured: dict[str, torch.Tensor] = {}
+            hook = None
+            if lm_coef and self._lm_head is not None:
+                body = _decoder(self.accelerator.unwrap_model(model))
+                hook = body.register_forward_hook(lambda _m, _i, out: captured.update(h=out[0]))  # returns None
+            try:
+                rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                use_cache=False).logits.squeeze(-1)
+            finally:
+                if hook is not None:
+                    hook.remove()
             loss = ranking_loss(rewards, groups, inputs["margins"], center_coef)
+            if hook is not None:
+                self._lm_head = self._lm_head.to(rewards.device)
+                lm_loss = best_response_lm_loss(captured["h"], self._lm_head, inputs)
+                loss = loss + lm_coef * lm_loss
+                if model.training:
+                    self._lm_sum, self._lm_n = self._lm_sum + lm_loss.item(), self._lm_n + 1
             return (loss, {"rewards": rewards}) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if self._lm_n and "loss" in logs:  # the LM term's own mean since the last log line
+                logs = {**logs, "lm_loss": round(self._lm_sum / self._lm_n, 4)}
+                self._lm_sum, self._lm_n = 0.0, 0
+            super().log(logs, *args, **kwargs)
 
         def prediction_step(self, model: Any, inputs: dict, prediction_loss_only: bool,
                             ignore_keys: list[str] | None = None) -> tuple:
@@ -150,7 +234,9 @@ def build_trainer(recipe: Recipe, model: Any, tokenizer: Any, train_rows: list[d
 
     disable_dropout_in_model(model)  # as TRL's RewardTrainer does: dropout only adds noise to score differences
     config = make_config(TrainingArguments, recipe, run_dir, **sampling)
-    trainer_cls = with_global_length_groups(ranking_trainer_class(section.center_rewards_coefficient))
+    lm_head = init_lm_head(recipe.model.name_or_path, model, len(tokenizer)) if section.lm_loss_coef else None
+    trainer_cls = with_global_length_groups(
+        ranking_trainer_class(section.center_rewards_coefficient, lm_head, section.lm_loss_coef))
     return trainer_cls(model=model, args=config, train_dataset=datasets.Dataset.from_list(encoded),
                        data_collator=RankingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                        callbacks=callbacks)

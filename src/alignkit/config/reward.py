@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignkit.config.base import Section
 
@@ -30,3 +30,12 @@ class RewardSection(Section):
     reference_max_new_tokens: int = Field(64, gt=0)
     reference_temperature: float = Field(1.0, ge=0, description="as the PPO policy samples; 0 is greedy")
     accuracy_samples: int = Field(1000, gt=0, description="training pairs scored for the (noisy) train accuracy")
+    lm_loss_coef: float = Field(
+        0.0, ge=0, description="GRM (Yang et al. 2024): + c * next-token loss on each ranking's best response, "
+        "through the init model's frozen LM head, so the backbone keeps what it knew as a language model")
+
+    @model_validator(mode="after")
+    def _lm_loss_needs_ranking(self) -> RewardSection:
+        if self.lm_loss_coef and self.loss != "ranking":
+            raise ValueError("lm_loss_coef needs loss: ranking")
+        return self
