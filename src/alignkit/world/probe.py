@@ -1,0 +1,161 @@
+"""Probe where a reward model's ceiling comes from: pickers of a policy's own samples, judged by the oracle.
+
+    python -m alignkit.world.probe --policy data/models/tiny-sft --reward data/models/tiny-rm \
+        [--judge-lm PATH] [--n 8] [--out probe.json]
+
+Samples n + 1 responses per held-out prompt from the policy (temperature 0.7, as recipes/eval_winrate.yaml).
+The last sample stands in for "the policy". The report has three parts:
+- best-of-k win rates against that sample (k = 4 and n; ties count half). The pick is made by the reward
+  model, by the policy's own log-likelihood, by a judge LM's log-likelihood (--judge-lm) and by the oracle.
+  The oracle's pick is the headroom. The reward model's pick is what PPO can approach on that reward.
+- fact prompts: how often a sample names the entity it was asked about, and how often its value is right.
+- on the policy's SFT demonstrations: the mean log-probability of the first response token vs the rest.
+  A first token the policy never learnt (a name spelt at the start of a line) shows up here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit.world import oracle
+from alignkit.world.generator import write_atomic
+
+TEMPERATURE, MAX_NEW_TOKENS = 0.7, 48
+
+
+def win_rate(picked: Sequence[float], other: Sequence[float]) -> float:
+    """Percent of prompts where `picked` scores above `other`, ties (within the oracle's epsilon) half."""
+    wins = sum(1.0 if a > b + oracle.TIE_EPS else 0.5 if abs(a - b) <= oracle.TIE_EPS else 0.0
+               for a, b in zip(picked, other, strict=True))
+    return 100.0 * wins / len(picked)
+
+
+def best_of(candidates: list[list[dict]], key: Callable[[dict], float], k: int) -> list[float]:
+    """Per prompt, the oracle score of the candidate among the first k that `key` ranks highest.
+
+    The probe keeps sample n (the last) out of every pick: it is what the picks are compared with.
+    """
+    return [max(c[:k], key=key)["oracle"] for c in candidates]
+
+
+@torch.no_grad()
+def response_logprobs(model: Any, tokenizer: Any, prompt: str, responses: Sequence[tuple[str, bool]]) -> list[float]:
+    """Sum of log p(token) over each response's tokens (its EOS included when it ended), one forward each."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    out = []
+    for text, ended in responses:
+        ids = tokenizer(text + (tokenizer.eos_token if ended else ""), add_special_tokens=False)["input_ids"]
+        x = torch.tensor([prompt_ids + ids])
+        logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), -1)
+        out.append(float(logp.gather(-1, x[0, 1:, None]).squeeze(-1)[len(prompt_ids) - 1:].sum()))
+    return out
+
+
+@torch.no_grad()
+def first_token_logprobs(model: Any, tokenizer: Any, rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Per task, the mean log-prob of the first assistant token vs the later ones, on single-turn demos."""
+    first: dict[str, list[float]] = defaultdict(list)
+    rest: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        enc = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids = torch.tensor([enc["input_ids"]])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        logp = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)
+        positions = [i for i, m in enumerate(enc["assistant_masks"]) if m]
+        task = row.get("meta", {}).get("task", "all")
+        first[task].append(float(logp[positions[0] - 1]))
+        rest[task].extend(float(logp[p - 1]) for p in positions[1:])
+    return {t: {"first": statistics.fmean(first[t]), "rest": statistics.fmean(rest[t]) if rest[t] else 0.0,
+                "demos": len(first[t])} for t in first}
+
+
+def fact_stats(rows: Sequence[dict], candidates: list[list[dict]]) -> dict[str, float]:
+    """On fact prompts: share of samples naming the asked entity, share with the right value, and both."""
+    named = right = both = total = 0
+    for row, cands in zip(rows, candidates, strict=True):
+        meta = row["meta"]
+        if meta["task"] != "fact":
+            continue
+        for c in cands:
+            n = meta["entity"].lower() in c["text"].lower()
+            r = oracle.score(meta, c["text"], c["ended"]).correct >= 1.0
+            named, right, both, total = named + n, right + r, both + (n and r), total + 1
+    return {"samples": total, "names_entity": named / max(total, 1), "value_right": right / max(total, 1),
+            "value_right_when_named": both / max(named, 1),
+            "value_right_when_not_named": (right - both) / max(total - named, 1)}
+
+
+def probe(policy: str, reward: str, prompts: str, sft_data: str | None, judge_lm: str | None = None,
+          n: int = 8, seed: int = 0, demos: int = 400) -> dict[str, Any]:
+    """Sample, score and pick; returns the report described in the module docstring."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignkit.eval.generate import Sampling, generate
+    from alignkit.reward_model import RewardScorer
+
+    rows = [json.loads(line) for line in Path(prompts).read_text().splitlines() if line.strip()]
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    model = AutoModelForCausalLM.from_pretrained(policy).eval()
+    texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+    samples = [generate(model, tokenizer, texts, Sampling(max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE,
+                                                          batch_size=50, seed=seed + 100 + i), desc=f"sample {i + 1}")
+               for i in range(n + 1)]
+    scorer = RewardScorer.from_pretrained(reward)
+    judge = AutoModelForCausalLM.from_pretrained(judge_lm).eval() if judge_lm else None
+    candidates: list[list[dict]] = []
+    for j, row in enumerate(rows):
+        cands = [{"text": s[j]["text"], "ended": s[j]["ended"],
+                  "oracle": oracle.score(row["meta"], s[j]["text"], s[j]["ended"]).total} for s in samples]
+        pairs = [(c["text"], c["ended"]) for c in cands]
+        rm = scorer.score([row["prompt"]] * len(cands), [c["text"] for c in cands], [c["ended"] for c in cands])
+        for c, r, lp in zip(cands, rm.tolist(), response_logprobs(model, tokenizer, texts[j], pairs), strict=True):
+            c.update(reward=r, policy_logprob=lp)
+        if judge is not None:
+            for c, lp in zip(cands, response_logprobs(judge, tokenizer, texts[j], pairs), strict=True):
+                c["judge_logprob"] = lp
+        candidates.append(cands)
+    other = [c[n]["oracle"] for c in candidates]
+    pickers = ["reward", "policy_logprob", *(["judge_logprob"] if judge else []), "oracle"]
+    report: dict[str, Any] = {
+        "policy": policy, "reward": reward, "judge_lm": judge_lm, "prompts": len(rows), "n": n,
+        "temperature": TEMPERATURE,
+        "best_of": {p: {str(k): round(win_rate(best_of(candidates, lambda c, p=p: c[p], k), other), 1)
+                        for k in sorted({min(4, n), n})} for p in pickers},
+        "fact_prompts": fact_stats(rows, [c[:n] for c in candidates]),
+    }
+    if sft_data:
+        demo_rows = [json.loads(line) for line in Path(sft_data).read_text().splitlines() if line.strip()]
+        single = [r for r in demo_rows if len(r.get("messages", [])) == 2][:demos]
+        report["first_token_logprob"] = first_token_logprobs(model, tokenizer, single)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--policy", default="data/models/tiny-sft")
+    ap.add_argument("--reward", default="data/models/tiny-rm")
+    ap.add_argument("--judge-lm", default=None, help="a causal LM whose log-likelihood picks too")
+    ap.add_argument("--prompts", default="eval/world_prompts.jsonl")
+    ap.add_argument("--sft-data", default="data/world/sft.jsonl", help="demos for the first-token probe ('' = skip)")
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    report = probe(args.policy, args.reward, args.prompts, args.sft_data or None, args.judge_lm, args.n, args.seed)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        write_atomic(Path(args.out), text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The headroom probe: its pickers, win rates and fact counts, and one end-to-end run on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alignkit.world import probe
+
+META = {"task": "fact", "entity": "Bresbis", "expected": ["Eastvale"], "conflicts": [["Northmoor"]],
+        "reference": "Bresbis is in Eastvale.", "harmful": False, "forbidden": []}
+
+
+def test_win_rate_counts_ties_half():
+    assert probe.win_rate([1.0, 0.5, 0.2, 0.6], [0.5, 0.5, 0.4, 0.6 + 1e-9]) == pytest.approx(50.0)
+
+
+def test_best_of_takes_the_keys_favourite_among_the_first_k():
+    cands = [[{"oracle": 0.1, "r": 3.0}, {"oracle": 0.9, "r": 1.0}, {"oracle": 0.5, "r": 9.0}]]
+    assert probe.best_of(cands, lambda c: c["r"], 2) == [0.1]
+    assert probe.best_of(cands, lambda c: c["r"], 3) == [0.5]
+    assert probe.best_of(cands, lambda c: c["oracle"], 3) == [0.9]
+
+
+def test_fact_stats_split_by_whether_the_entity_is_named():
+    rows = [{"meta": META}, {"meta": {**META, "task": "list"}}]
+    cands = [[{"text": "Bresbis is in Eastvale.", "ended": True}, {"text": "Dilgath is in Eastvale.", "ended": True},
+              {"text": "Dilgath is in Northmoor.", "ended": True}, {"text": "Bresbis is in Northmoor.", "ended": True}],
+             [{"text": "Bresbis is in Eastvale.", "ended": True}]]  # not a fact prompt: not counted
+    stats = probe.fact_stats(rows, cands)
+    assert stats["samples"] == 4
+    assert stats["names_entity"] == 0.5 and stats["value_right"] == 0.5
+    assert stats["value_right_when_named"] == 0.5 and stats["value_right_when_not_named"] == 0.5
+
+
+def test_probe_end_to_end_on_tiny_models(tmp_path, tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    rm_dir = tmp_path / "rm"
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
+    rm.config.pad_token_id = tiny_tokenizer.pad_token_id
+    rm.save_pretrained(str(rm_dir))
+    tiny_tokenizer.save_pretrained(str(rm_dir))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Where is Bresbis {i}?"}],
+                                           "meta": META}) + "\n" for i in range(3)))
+    demos = tmp_path / "sft.jsonl"
+    demos.write_text(json.dumps({"messages": [{"role": "user", "content": "Where is Bresbis?"},
+                                              {"role": "assistant", "content": "Eastvale."}],
+                                 "meta": {"task": "fact"}}) + "\n")
+    report = probe.probe(str(tiny_model_dir), str(rm_dir), str(prompts), str(demos), judge_lm=str(tiny_model_dir),
+                         n=2)
+    assert set(report["best_of"]) == {"reward", "policy_logprob", "judge_logprob", "oracle"}
+    assert set(report["best_of"]["oracle"]) == {"2"}  # k never reaches the comparison sample
+    # The oracle's own pick can never lose to the sample it is compared with.
+    assert all(v >= 50.0 for v in report["best_of"]["oracle"].values())
+    # The same model as policy and judge: the two likelihood pickers agree.
+    assert report["best_of"]["judge_logprob"] == report["best_of"]["policy_logprob"]
+    assert report["fact_prompts"]["samples"] == 3 * 2
+    first = report["first_token_logprob"]["fact"]
+    assert first["demos"] == 1 and first["first"] < 0 and first["rest"] < 0
