@@ -13,6 +13,10 @@ class PPOSection(Section):
     """PPO RLHF: the reward model, the reference and the algorithm's knobs (InstructGPT defaults)."""
 
     reward_model: str
+    reward: Literal["model", "oracle"] = Field(
+        "model", description="oracle: the embedded world's rubric scores each response from its prompt row's "
+        "`meta` (a gold reward, as in Gao et al. 2022: what PPO reaches with a perfect reward model); "
+        "reward_model then only initialises the critic")
     value_model: str | None = Field(None, description="critic init; default: the reward model")
     reference: Literal["auto", "copy", "adapter_disabled", "frozen_adapter"] = "auto"
     total_episodes: int = Field(1024, gt=0)

@@ -89,6 +89,35 @@ def build_policy(recipe: Recipe, mode: str) -> tuple[Any, Any]:
     return PeftModel.from_pretrained(base, path, is_trainable=True), FROZEN_ADAPTER
 
 
+def load_prompt_metas(recipe: Recipe) -> list[dict]:
+    """Each prompt row's `meta` (the world's rubric inputs), in load_prompt_ids' order."""
+    out: list[dict] = []
+    for i, spec in enumerate(recipe.data.datasets):
+        ds = load_spec(spec, where=f"data.datasets.{i}")
+        if "meta" not in (ds.column_names or []):
+            raise AlignkitError("ppo.reward: oracle needs a 'meta' column (the world's prompt rows carry one)",
+                                where=f"data.datasets.{i}: {spec.path}")
+        out.extend(row["meta"] for row in ds)
+    return out
+
+
+def oracle_reward_fn(prompt_ids: list[list[int]], metas: list[dict], eos_token_id: int) -> Any:
+    """PPOTrainer's reward callable over the world's oracle: each response scored against its prompt's meta."""
+    import torch
+
+    from alignkit.world import oracle
+
+    by_prompt = {tuple(ids): meta for ids, meta in zip(prompt_ids, metas, strict=True)}
+
+    def reward_fn(prompts_text: list[str], responses_text: list[str], prompt_ids: list[list[int]],
+                  response_ids: list[list[int]]) -> torch.Tensor:
+        return torch.tensor([
+            oracle.score(by_prompt[tuple(p)], text, bool(r) and r[-1] == eos_token_id).total
+            for p, text, r in zip(prompt_ids, responses_text, response_ids, strict=True)])
+
+    return reward_fn
+
+
 def scorer_reward_fn(scorer: Any, pad_token_id: int) -> Any:
     """PPOTrainer's reward callable over a RewardScorer: prompt ids + response ids (EOS kept), right-padded."""
     import torch
@@ -136,18 +165,21 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     prompts = load_prompt_ids(recipe, tokenizer)
     mode = reference_mode(recipe)
     policy, ref_policy = build_policy(recipe, mode)
-    scorer = RewardScorer.from_pretrained(recipe.ppo.reward_model, device=accelerator.device)
-    if scorer.tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise AlignkitError("the reward model's tokenizer differs from the policy's", where="ppo.reward_model")
-    scorer.model.requires_grad_(False)
+    if recipe.ppo.reward == "oracle":
+        reward_fn = oracle_reward_fn(prompts, load_prompt_metas(recipe), tokenizer.eos_token_id)
+    else:
+        scorer = RewardScorer.from_pretrained(recipe.ppo.reward_model, device=accelerator.device)
+        if scorer.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise AlignkitError("the reward model's tokenizer differs from the policy's", where="ppo.reward_model")
+        scorer.model.requires_grad_(False)
+        reward_fn = scorer_reward_fn(scorer, tokenizer.pad_token_id)
     critic_path = recipe.ppo.value_model or recipe.ppo.reward_model
     value_model = load_reward_model(critic_path, ModelSection(name_or_path=critic_path))
     logger = MetricsLogger(run_dir.path / "metrics.jsonl", report_to=recipe.train.report_to,
                            enabled=accelerator.is_main_process)
     config = ppo_config(recipe)
-    trainer = PPOTrainer(config, policy, ref_policy, value_model, scorer_reward_fn(scorer, tokenizer.pad_token_id),
-                         tokenizer, prompts, accelerator=accelerator, metrics_logger=logger,
-                         checkpoint_dir=run_dir.checkpoints)
+    trainer = PPOTrainer(config, policy, ref_policy, value_model, reward_fn, tokenizer, prompts,
+                         accelerator=accelerator, metrics_logger=logger, checkpoint_dir=run_dir.checkpoints)
     log.info("PPO: %d rollouts of %d prompts, reference=%s", config.total_rollouts(), config.rollout_batch_size, mode)
     start = time.time()
     history = trainer.train(resume_from_checkpoint=resume)
