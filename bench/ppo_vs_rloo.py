@@ -55,7 +55,7 @@ def alignkit_run(rm: str, rollouts: int) -> dict[str, float]:
         "ppo.critic_warmup_rollouts=0", "train.report_to=[]",
     ])
     tokenizer = load_tokenizer(recipe.model, padding_side="left")
-    prompts = stage.load_prompt_ids(recipe, tokenizer)
+    prompts, _ = stage.load_prompts(recipe, tokenizer)
     mode = stage.reference_mode(recipe)
     policy, ref_policy = stage.build_policy(recipe, mode)
     scorer = RewardScorer.from_pretrained(rm)

@@ -247,10 +247,8 @@ def test_lm_term_is_the_causal_lm_loss_on_each_best_response(tiny_model_dir, tin
         r["margin"] = 0.0
     batch = reward.RankingCollator(tiny_tokenizer.pad_token_id)(reward.encode_rankings(rows, tiny_tokenizer, 64))
     rm = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1).eval()
-    captured = {}
-    hook = reward._decoder(rm).register_forward_hook(lambda _m, _i, out: captured.update(h=out[0]))
-    rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    hook.remove()
+    with reward.final_hidden_states(rm) as captured:
+        rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     head = reward.init_lm_head(str(tiny_model_dir), rm, len(tiny_tokenizer))
     got = reward.best_response_lm_loss(captured["h"], head, batch)
 
@@ -284,11 +282,8 @@ def test_lm_loss_coef_keeps_the_backbone_a_language_model(tmp_path, tiny_model_d
         assert any("lm_loss" in row for row in logged) == bool(coef)
         assert metrics["heldout_accuracy"] >= 0.75  # the ranking is still learnt
         rm = AutoModelForSequenceClassification.from_pretrained(str(out / "model")).eval()
-        captured = {}
-        hook = reward._decoder(rm).register_forward_hook(lambda _m, _i, o, c=captured: c.update(h=o[0]))
-        with torch.no_grad():
+        with torch.no_grad(), reward.final_hidden_states(rm) as captured:
             rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        hook.remove()
         head = reward.init_lm_head(str(tiny_model_dir), rm, len(tiny_tokenizer))
         losses[coef] = reward.best_response_lm_loss(captured["h"], head, batch).item()
     assert losses[1.0] < losses[0.0]

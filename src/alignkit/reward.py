@@ -12,10 +12,12 @@ Both paths tokenize with `reward_input_ids`, the same text the scorer and a poli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,10 +125,17 @@ def best_response_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Linear, inputs
     return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
 
 
-def _decoder(model: Any) -> Any:
-    """The transformer body whose output (final hidden states, after the last norm) the score head reads."""
+@contextlib.contextmanager
+def final_hidden_states(model: Any) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, each forward of the reward model leaves its final hidden states (after the
+    last norm: what the score head reads) in the yielded dict under "h"; PEFT-wrapped models too."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.base_model
+    captured: dict[str, torch.Tensor] = {}
+    hook = inner.base_model.register_forward_hook(lambda _m, _i, out: captured.update(h=out[0]))  # returns None
+    try:
+        yield captured
+    finally:
+        hook.remove()
 
 
 def ranking_trainer_class(center_coef: float | None, lm_head: torch.nn.Linear | None = None,
@@ -148,19 +157,13 @@ def ranking_trainer_class(center_coef: float | None, lm_head: torch.nn.Linear | 
 
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, **kw: Any) -> Any:
             groups = inputs["group_sizes"].tolist()
-            captured: dict[str, torch.Tensor] = {}
-            hook = None
-            if lm_coef and self._lm_head is not None:
-                body = _decoder(self.accelerator.unwrap_model(model))
-                hook = body.register_forward_hook(lambda _m, _i, out: captured.update(h=out[0]))  # returns None
-            try:
+            with_lm = bool(lm_coef) and self._lm_head is not None
+            with (final_hidden_states(self.accelerator.unwrap_model(model)) if with_lm
+                  else contextlib.nullcontext({})) as captured:
                 rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                 use_cache=False).logits.squeeze(-1)
-            finally:
-                if hook is not None:
-                    hook.remove()
             loss = ranking_loss(rewards, groups, inputs["margins"], center_coef)
-            if hook is not None:
+            if with_lm:
                 self._lm_head = self._lm_head.to(rewards.device)
                 lm_loss = best_response_lm_loss(captured["h"], self._lm_head, inputs)
                 loss = loss + lm_coef * lm_loss

@@ -39,10 +39,10 @@ def test_oracle_reward_fn_scores_each_response_against_its_prompts_meta(ppo_toke
     assert scores[0] > scores[1]
 
 
-def test_oracle_reward_needs_prompt_rows_with_meta(tmp_path):
+def test_oracle_reward_needs_prompt_rows_with_meta(tmp_path, ppo_tokenizer):
     from alignkit.config.recipe import validate_recipe
     from alignkit.errors import AlignkitError
-    from alignkit.ppo.stage import load_prompt_metas
+    from alignkit.ppo.stage import load_prompts
 
     data = tmp_path / "prompts.jsonl"
     data.write_text('{"prompt": "Where is Bresbis?"}\n')
@@ -50,5 +50,5 @@ def test_oracle_reward_needs_prompt_rows_with_meta(tmp_path):
                               "data": {"datasets": [{"path": str(data)}]},
                               "ppo": {"reward_model": "x", "reward": "oracle"}})
     with pytest.raises(AlignkitError, match="needs a 'meta' column") as err:
-        load_prompt_metas(recipe)
+        load_prompts(recipe, ppo_tokenizer, with_meta=True)
     assert "data.datasets.0" in str(err.value)

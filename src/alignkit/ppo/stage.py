@@ -29,14 +29,20 @@ CURVES = ["objective/scores", "objective/kl", "objective/rlhf_reward", "objectiv
           "policy/approxkl_avg", "policy/clipfrac_avg", "loss/value_avg", "val/ratio", "val/eos_rate"]
 
 
-def load_prompt_ids(recipe: Recipe, tokenizer: Any) -> list[list[int]]:
-    """Chat-templated prompt token ids from data.datasets; a prompt too long to leave room is an error."""
+def load_prompts(recipe: Recipe, tokenizer: Any, with_meta: bool = False) -> tuple[list[list[int]], list[dict]]:
+    """Chat-templated prompt token ids from data.datasets, and with `with_meta` each row's `meta` (the
+    world's rubric inputs, for ppo.reward: oracle); a prompt too long to leave room is an error."""
     limit = recipe.model.max_length - recipe.ppo.max_new_tokens
     out: list[list[int]] = []
+    metas: list[dict] = []
     for i, spec in enumerate(recipe.data.datasets):
         ds = load_spec(spec, where=f"data.datasets.{i}")
-        if "prompt" not in (ds.column_names or []):
+        columns = ds.column_names or []
+        if "prompt" not in columns:
             raise AlignkitError(f"needs a 'prompt' column (has {ds.column_names}); map one with columns:",
+                                where=f"data.datasets.{i}: {spec.path}")
+        if with_meta and "meta" not in columns:
+            raise AlignkitError("ppo.reward: oracle needs a 'meta' column (the world's prompt rows carry one)",
                                 where=f"data.datasets.{i}: {spec.path}")
         for row_no, row in enumerate(ds, start=1):
             prompt = row["prompt"]
@@ -47,7 +53,9 @@ def load_prompt_ids(recipe: Recipe, tokenizer: Any) -> list[list[int]]:
                 raise AlignkitError(f"prompt is {len(ids)} tokens; model.max_length - ppo.max_new_tokens is {limit}",
                                     where=f"{spec.path}:{row_no}")
             out.append(ids)
-    return out
+            if with_meta:
+                metas.append(row["meta"])
+    return out, metas
 
 
 def reference_mode(recipe: Recipe) -> str:
@@ -87,18 +95,6 @@ def build_policy(recipe: Recipe, mode: str) -> tuple[Any, Any]:
         quant = recipe.quantization
         return apply_lora(base, recipe.peft, quantized=bool(quant and quant.load_in_4bit)), None
     return PeftModel.from_pretrained(base, path, is_trainable=True), FROZEN_ADAPTER
-
-
-def load_prompt_metas(recipe: Recipe) -> list[dict]:
-    """Each prompt row's `meta` (the world's rubric inputs), in load_prompt_ids' order."""
-    out: list[dict] = []
-    for i, spec in enumerate(recipe.data.datasets):
-        ds = load_spec(spec, where=f"data.datasets.{i}")
-        if "meta" not in (ds.column_names or []):
-            raise AlignkitError("ppo.reward: oracle needs a 'meta' column (the world's prompt rows carry one)",
-                                where=f"data.datasets.{i}: {spec.path}")
-        out.extend(row["meta"] for row in ds)
-    return out
 
 
 def oracle_reward_fn(prompt_ids: list[list[int]], metas: list[dict], eos_token_id: int) -> Any:
@@ -162,11 +158,12 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     accelerator = Accelerator(gradient_accumulation_steps=recipe.train.gradient_accumulation_steps)
     resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
     tokenizer = load_tokenizer(recipe.model, padding_side="left")
-    prompts = load_prompt_ids(recipe, tokenizer)
+    oracle_reward = recipe.ppo.reward == "oracle"
+    prompts, metas = load_prompts(recipe, tokenizer, with_meta=oracle_reward)
     mode = reference_mode(recipe)
     policy, ref_policy = build_policy(recipe, mode)
-    if recipe.ppo.reward == "oracle":
-        reward_fn = oracle_reward_fn(prompts, load_prompt_metas(recipe), tokenizer.eos_token_id)
+    if oracle_reward:
+        reward_fn = oracle_reward_fn(prompts, metas, tokenizer.eos_token_id)
     else:
         scorer = RewardScorer.from_pretrained(recipe.ppo.reward_model, device=accelerator.device)
         if scorer.tokenizer.get_vocab() != tokenizer.get_vocab():

@@ -146,8 +146,11 @@ def compare(
     meta: dict, response_a: str, response_b: str, ended_a: bool = True, ended_b: bool = True
 ) -> Literal["a", "b", "tie"]:
     """Which response the oracle prefers; "tie" when totals are within 1e-6."""
-    a = score(meta, response_a, ended_a).total
-    b = score(meta, response_b, ended_b).total
-    if abs(a - b) <= TIE_EPS:
+    return verdict(score(meta, response_a, ended_a).total, score(meta, response_b, ended_b).total)
+
+
+def verdict(total_a: float, total_b: float) -> Literal["a", "b", "tie"]:
+    """The verdict between two oracle totals: "tie" when they are within TIE_EPS."""
+    if abs(total_a - total_b) <= TIE_EPS:
         return "tie"
-    return "a" if a > b else "b"
+    return "a" if total_a > total_b else "b"

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from alignkit.eval.generate import Sampling, generate, response_logprobs
+from alignkit.eval.stats import SCORE
 from alignkit.world import oracle
 from alignkit.world.generator import write_atomic
 
@@ -33,8 +35,7 @@ TEMPERATURE, MAX_NEW_TOKENS = 0.7, 48
 
 def win_rate(picked: Sequence[float], other: Sequence[float]) -> float:
     """Percent of prompts where `picked` scores above `other`, ties (within the oracle's epsilon) half."""
-    wins = sum(1.0 if a > b + oracle.TIE_EPS else 0.5 if abs(a - b) <= oracle.TIE_EPS else 0.0
-               for a, b in zip(picked, other, strict=True))
+    wins = sum(SCORE[oracle.verdict(a, b)] for a, b in zip(picked, other, strict=True))
     return 100.0 * wins / len(picked)
 
 
@@ -46,17 +47,11 @@ def best_of(candidates: list[list[dict]], key: Callable[[dict], float], k: int) 
     return [max(c[:k], key=key)["oracle"] for c in candidates]
 
 
-@torch.no_grad()
-def response_logprobs(model: Any, tokenizer: Any, prompt: str, responses: Sequence[tuple[str, bool]]) -> list[float]:
-    """Sum of log p(token) over each response's tokens (its EOS included when it ended), one forward each."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    out = []
-    for text, ended in responses:
-        ids = tokenizer(text + (tokenizer.eos_token if ended else ""), add_special_tokens=False)["input_ids"]
-        x = torch.tensor([prompt_ids + ids])
-        logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), -1)
-        out.append(float(logp.gather(-1, x[0, 1:, None]).squeeze(-1)[len(prompt_ids) - 1:].sum()))
-    return out
+def text_logprobs(model: Any, tokenizer: Any, prompt: str, responses: Sequence[tuple[str, bool]]) -> list[float]:
+    """Sum of log p(token) over each response's text, re-tokenized, its EOS included when it ended."""
+    ids = [tokenizer(text + (tokenizer.eos_token if ended else ""), add_special_tokens=False)["input_ids"]
+           for text, ended in responses]
+    return response_logprobs(model, tokenizer, [prompt] * len(ids), ids)
 
 
 @torch.no_grad()
@@ -99,7 +94,6 @@ def probe(policy: str, reward: str, prompts: str, sft_data: str | None, judge_lm
     """Sample, score and pick; returns the report described in the module docstring."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignkit.eval.generate import Sampling, generate
     from alignkit.reward_model import RewardScorer
 
     rows = [json.loads(line) for line in Path(prompts).read_text().splitlines() if line.strip()]
@@ -117,10 +111,10 @@ def probe(policy: str, reward: str, prompts: str, sft_data: str | None, judge_lm
                   "oracle": oracle.score(row["meta"], s[j]["text"], s[j]["ended"]).total} for s in samples]
         pairs = [(c["text"], c["ended"]) for c in cands]
         rm = scorer.score([row["prompt"]] * len(cands), [c["text"] for c in cands], [c["ended"] for c in cands])
-        for c, r, lp in zip(cands, rm.tolist(), response_logprobs(model, tokenizer, texts[j], pairs), strict=True):
+        for c, r, lp in zip(cands, rm.tolist(), text_logprobs(model, tokenizer, texts[j], pairs), strict=True):
             c.update(reward=r, policy_logprob=lp)
         if judge is not None:
-            for c, lp in zip(cands, response_logprobs(judge, tokenizer, texts[j], pairs), strict=True):
+            for c, lp in zip(cands, text_logprobs(judge, tokenizer, texts[j], pairs), strict=True):
                 c["judge_logprob"] = lp
         candidates.append(cands)
     other = [c[n]["oracle"] for c in candidates]
