@@ -178,6 +178,47 @@ def test_three_models_agree_with_zermelo_iterations():
         assert r["n"] == 300
 
 
+def correlated_round_robin(n_prompts: int, seed: int = 0) -> list[dict]:
+    """Three models on every prompt; each model's per-prompt quality is shared by all its pairs on that prompt."""
+    rng = np.random.default_rng(seed)
+    true = {"base": 0.0, "sft": 0.5, "ppo": 1.0}
+    rows = []
+    for prompt in range(n_prompts):
+        quality = {m: q + rng.normal(0, 1.5) for m, q in true.items()}  # e.g. a prompt that suits one model
+        for a, b in (("sft", "base"), ("ppo", "base"), ("ppo", "sft")):
+            rows.append(judgment(prompt, a, b, "a" if quality[a] > quality[b] else "b"))
+    return rows
+
+
+def resampled_intervals(rows: list[dict], clusters: list[list[dict]], n_boot: int, seed: int) -> dict:
+    """Percentile intervals of bradley_terry's point ratings refitted on resamples of `clusters` (independent loop)."""
+    rng = np.random.default_rng(seed)
+    names = sorted({r["model_a"] for r in rows} | {r["model_b"] for r in rows})
+    boot = []
+    for _ in range(n_boot):
+        table = [row for k in rng.integers(0, len(clusters), len(clusters)) for row in clusters[k]]
+        fitted = {r["model"]: r["rating"] for r in bradley_terry(table, n_boot=0)}
+        boot.append([fitted[m] for m in names])
+    low, high = np.percentile(np.array(boot), [2.5, 97.5], axis=0)
+    return {m: (low[k], high[k]) for k, m in enumerate(names)}
+
+
+def test_bradley_terry_intervals_resample_prompts_not_rows():
+    rows = correlated_round_robin(60)
+    by_prompt: dict[str, list[dict]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    fitted = {r["model"]: r for r in bradley_terry(rows, n_boot=200, seed=5)}
+    cluster = resampled_intervals(rows, list(by_prompt.values()), n_boot=200, seed=5)
+    for model, (low, high) in cluster.items():
+        assert fitted[model]["ci_low"] == pytest.approx(low, abs=1e-3)
+        assert fitted[model]["ci_high"] == pytest.approx(high, abs=1e-3)
+    # The rows of one prompt are correlated: resampling rows as if independent gives narrower intervals.
+    by_row = resampled_intervals(rows, [[r] for r in rows], n_boot=200, seed=5)
+    widths = [(fitted[m]["ci_high"] - fitted[m]["ci_low"]) / (by_row[m][1] - by_row[m][0]) for m in cluster]
+    assert np.mean(widths) > 1.1  # 1.20 on this data (seed 0)
+
+
 def test_unknown_anchor_is_a_user_error():
     with pytest.raises(AlignkitError, match="anchor"):
         bradley_terry(duel(3, 0, 1), n_boot=0, anchor="nobody")

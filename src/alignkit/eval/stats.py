@@ -212,6 +212,9 @@ def bradley_terry(judgments: Iterable[Mapping[str, Any] | Judgment], n_boot: int
     that never lost (or never won) finite: its rating is then very large and should be read as
     "unbeaten", not as a measurement. Models that were never compared, even indirectly, share no
     scale: judge a connected design (every model against a common reference or round robin).
+    The bootstrap resamples prompts, not rows: a prompt yields one row per model pair and those
+    rows share the prompt's difficulty, so resampling rows would treat them as independent and
+    give intervals that are too narrow (the cluster bootstrap; pair_summary does the same).
     Rows: {model, rating, ci_low, ci_high, n (judgments the model took part in)}.
     """
     rows = as_records(judgments)
@@ -224,17 +227,19 @@ def bradley_terry(judgments: Iterable[Mapping[str, Any] | Judgment], n_boot: int
     pairs = sorted({tuple(sorted((index[r["model_a"]], index[r["model_b"]]))) for r in rows})
     pair_of = {p: k for k, p in enumerate(pairs)}
     pair_i, pair_j = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-    # Per row: which pair, and the score of that pair's first (lower-index) model.
-    row_pair = np.empty(len(rows), dtype=int)
-    row_score = np.empty(len(rows))
-    for k, r in enumerate(rows):
+    prompt_of = {p: k for k, p in enumerate(dict.fromkeys(r["prompt_id"] for r in rows))}
+    # Per prompt and pair: how many judgments, and the total score of the pair's first (lower-index) model.
+    counts = np.zeros((len(prompt_of), len(pairs)))  # (P, pairs)
+    totals = np.zeros((len(prompt_of), len(pairs)))  # (P, pairs)
+    for r in rows:
         a, b = index[r["model_a"]], index[r["model_b"]]
-        row_pair[k] = pair_of[(min(a, b), max(a, b))]
-        row_score[k] = SCORE[r["winner"]] if a < b else 1.0 - SCORE[r["winner"]]
+        cell = (prompt_of[r["prompt_id"]], pair_of[(min(a, b), max(a, b))])
+        counts[cell] += 1
+        totals[cell] += SCORE[r["winner"]] if a < b else 1.0 - SCORE[r["winner"]]
 
-    def ratings(sample: np.ndarray) -> np.ndarray:
-        n = np.bincount(row_pair[sample], minlength=len(pairs)).astype(float)
-        score = np.bincount(row_pair[sample], weights=row_score[sample], minlength=len(pairs))
+    def ratings(times: np.ndarray) -> np.ndarray:
+        """Ratings when prompt p is counted times[p] times."""
+        n, score = times @ counts, times @ totals
         present = np.zeros(len(names), dtype=bool)
         present[pair_i[n > 0]] = present[pair_j[n > 0]] = True
         beta = _bt_log_strengths(len(names), pair_i, pair_j, n, score, base, l2)
@@ -242,10 +247,13 @@ def bradley_terry(judgments: Iterable[Mapping[str, Any] | Judgment], n_boot: int
             return np.full(len(names), np.nan)
         return _anchor(beta, present, names, anchor, scale, init)
 
-    point = ratings(np.arange(len(rows)))
-    # FastChat get_bootstrap_result: resample judgment rows with replacement, refit, 2.5/97.5 percentiles.
+    n_prompts = len(prompt_of)
+    point = ratings(np.ones(n_prompts))
+    # FastChat get_bootstrap_result refits on resamples (2.5/97.5 percentiles); here of prompts, in the
+    # order they first appear, each resample drawn as rng.integers(0, n_prompts, n_prompts).
     rng = np.random.default_rng(seed)
-    boot = np.array([ratings(rng.integers(0, len(rows), len(rows))) for _ in range(n_boot)])
+    boot = np.array([ratings(np.bincount(rng.integers(0, n_prompts, n_prompts), minlength=n_prompts).astype(float))
+                     for _ in range(n_boot)])
     low, high = (np.nanpercentile(boot, [2.5, 97.5], axis=0) if n_boot else
                  (np.full(len(names), np.nan), np.full(len(names), np.nan)))
     counts = Counter([r["model_a"] for r in rows] + [r["model_b"] for r in rows])
