@@ -11,13 +11,16 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
+from alignkit.cli import unsupported_launch
 from tests.conftest import CHAT_ROWS, CPU_ENV, REPO, launch_command, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -140,3 +143,46 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tiny_model_dir, data,
     assert a.keys() == b.keys()
     for name in a:
         assert (a[name] - b[name]).abs().max().item() < 1e-5, name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA these launches run as asked")
+@pytest.mark.parametrize("config, flags, unsupported", [
+    ("fsdp.yaml", ["--num_processes", "2"], "FSDP needs CUDA GPUs"),
+    ("ddp.yaml", ["--cpu"], "--cpu starts a single process"),
+])
+def test_launch_that_accelerate_would_silently_change_is_refused(config, flags, unsupported, tiny_model_dir, data,
+                                                                  tmp_path):
+    # On CPU accelerate runs FSDP as plain DDP, and --cpu as one process whatever num_processes says.
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(yaml.safe_dump(stage_recipe("sft", tiny_model_dir, data)))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    proc = subprocess.run([str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / config),
+                           *flags, str(REPO / "alignkit" / "run.py"), str(recipe), f"output_dir={tmp_path / 'run'}"],
+                          cwd=REPO, env={**os.environ, **CPU_ENV}, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    errors = [line for line in out.splitlines() if line.startswith("alignkit: error:")]
+    assert errors and all(unsupported in line and "ddp.yaml" in line for line in errors), out[-2000:]
+    assert f'File "{REPO / "src"}' not in out  # the launcher's own traceback only, none from alignkit
+    assert not (tmp_path / "run").exists()  # stopped before the run folder or a model
+
+
+def test_deepspeed_without_it_or_without_cuda_is_refused(monkeypatch):
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    for installed in (False, True):
+        def find_spec(name: str, *args: Any, installed: bool = installed) -> Any:
+            if name == "deepspeed":
+                return object() if installed else None
+            return real_find_spec(name, *args)
+
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+        reason = unsupported_launch(env, lambda: False)
+        assert reason and ("not installed" in reason) != installed and "ddp.yaml" in reason
+    assert unsupported_launch(env, lambda: True) is None  # installed, with GPUs: DeepSpeed runs as asked
+    # The launches alignkit supports on CPU pass: torchrun's DDP (gloo) and one plain process.
+    assert unsupported_launch({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "ACCELERATE_USE_CPU": "1"},
+                              lambda: False) is None
+    assert unsupported_launch({"ACCELERATE_USE_CPU": "1"}, lambda: False) is None

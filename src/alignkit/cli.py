@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +50,11 @@ def train(recipe_path: str, overrides: list[str], force: list[str] | None = None
 
 
 def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None) -> dict[str, Any]:
-    """Run a validated recipe (the pipeline calls this for each step): folder, stage, marker last."""
+    """Run a validated recipe (the pipeline calls this for each step): preflight, folder, stage, marker last."""
+    from alignkit.preflight import preflight
     from alignkit.runio import RunDir
 
+    preflight(recipe, training=True)  # before anything is written or any model loads
     module = stage_module(recipe.stage)
     run_dir = RunDir(recipe.output_dir)
     main_process = _is_main_process()
@@ -85,6 +89,7 @@ def _is_main_process() -> bool:
 def validate(paths: list[str]) -> int:
     """Validate recipe files (folders are searched for *.yaml); print one line per file."""
     from alignkit.config.recipe import load_yaml, validate_recipe
+    from alignkit.preflight import preflight
 
     files: list[Path] = []
     for p in map(Path, paths):
@@ -99,7 +104,9 @@ def validate(paths: list[str]) -> int:
                 _validate_accelerate_config(f)
                 kind = "accelerate config"
             else:
-                kind = f"stage {validate_recipe(raw, source=str(f)).stage}"
+                recipe = validate_recipe(raw, source=str(f))
+                preflight(recipe)
+                kind = f"stage {recipe.stage}"
             print(f"ok    {f} ({kind})")
         except AlignkitError as exc:
             failures += 1
@@ -163,23 +170,59 @@ def dispatch(args: argparse.Namespace) -> int:
     raise AlignkitError(f"unknown command {args.command}")
 
 
+# Where the process count of a launch is found: torchrun, then the MPI launchers accelerate knows.
+WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def _env_flag(env: Mapping[str, str], key: str) -> bool:
+    return env.get(key, "false").strip().lower() in {"1", "true", "yes"}
+
+
+def unsupported_launch(env: Mapping[str, str], cuda_available: Callable[[], bool]) -> str | None:
+    """Why `accelerate launch` would silently run this launch as something else here; None if it runs as asked."""
+    if _env_flag(env, "ACCELERATE_USE_DEEPSPEED"):
+        if importlib.util.find_spec("deepspeed") is None:
+            return ("DeepSpeed is not installed (pip install deepspeed; it needs CUDA GPUs); "
+                    "without it use recipes/accelerate/ddp.yaml or fsdp.yaml")
+        if not cuda_available():
+            return ("DeepSpeed needs CUDA GPUs and none is visible; on CPU launch recipes/accelerate/ddp.yaml "
+                    "without --cpu (DDP over gloo)")
+    if _env_flag(env, "ACCELERATE_USE_FSDP") and not cuda_available():
+        # accelerate turns a CPU (gloo) process group into plain DDP and ignores the FSDP plugin.
+        return ("FSDP needs CUDA GPUs and none is visible (accelerate would run plain DDP instead); on CPU "
+                "launch recipes/accelerate/ddp.yaml without --cpu (DDP over gloo)")
+    if _env_flag(env, "ACCELERATE_USE_CPU") and env.get("MASTER_ADDR") and not any(k in env for k in WORLD_SIZE_VARS):
+        # accelerate's --cpu launcher starts one plain process (several only through mpirun) but still sets
+        # MASTER_ADDR when num_processes > 1: the asked-for processes would silently be one.
+        return ("--cpu starts a single process whatever num_processes says; drop --cpu: without CUDA alignkit "
+                "runs `accelerate launch --config_file recipes/accelerate/ddp.yaml` as DDP over gloo")
+    return None
+
+
 def use_cpu_for_multiprocess() -> None:
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without CUDA: DDP over gloo on CPU.
 
     Without this, each launched process would see no GPU, fall back to single-process mode and
     train alone as process 0. The launcher's WORLD_SIZE says a multi-process run was asked for;
     accelerate's process state is a singleton, so creating it here with cpu=True makes every later
-    PartialState/Accelerator/Trainer join the gloo process group.
+    PartialState/Accelerator/Trainer join the gloo process group. Launches that accelerate would turn
+    into something else on this machine (FSDP or DeepSpeed without CUDA, --cpu with several processes)
+    stop here, before any process group or model exists.
     """
+    refusal = unsupported_launch(os.environ, _cuda_available)
+    if refusal is not None:
+        raise AlignkitError(refusal, where="accelerate launch")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _cuda_available():
+        from accelerate import PartialState
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
+        os.environ["ACCELERATE_USE_CPU"] = "1"
+        PartialState(cpu=True)
 
-        if not torch.cuda.is_available():
-            from accelerate import PartialState
 
-            os.environ["ACCELERATE_USE_CPU"] = "1"
-            PartialState(cpu=True)
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    use_cpu_for_multiprocess()
     args = build_parser().parse_args(argv)
     try:
+        use_cpu_for_multiprocess()
         return dispatch(args)
     except AlignkitError as exc:
         print(f"alignkit: error: {exc}", file=sys.stderr)
