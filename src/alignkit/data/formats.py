@@ -6,8 +6,9 @@ Formats (column names after the recipe's `columns` mapping):
     alpaca              {"instruction", "input"?, "output"}
     prompt_completion   {"prompt", "completion"}  (text, or lists of messages)
     text                {"text"}
-    preference          {"prompt"?, "chosen", "rejected"}  (explicit or implicit prompt)
+    preference          {"prompt"?, "chosen", "rejected"}  (explicit or implicit prompt; see data/preferences.py)
     ranking             {"prompt", "responses", "ranking"}
+    unpaired            {"prompt", "completion", "label"}  (KTO-style; refused by the pairwise stages)
 """
 
 from __future__ import annotations
@@ -23,24 +24,25 @@ ROLES = {"system", "user", "assistant"}
 SFT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 
 
-def detect_format(row: dict[str, Any]) -> str | None:
-    """Name the format of one row from its columns, or None when it fits none."""
+# The columns that name each format, in the order they are tried (the first match wins).
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "ranking": ("responses", "ranking"),
+    "preference": ("chosen", "rejected"),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+    "unpaired": ("prompt", "completion", "label"),  # KTO-style; only found when asked for (`among`)
+}
+
+
+def detect_format(row: dict[str, Any], among: tuple[str, ...] | None = None) -> str | None:
+    """Name the format of one row from its columns (only formats in `among`, if given), or None."""
     keys = set(row)
-    if "messages" in keys:
-        return "messages"
-    if "conversations" in keys:
-        return "sharegpt"
-    if {"responses", "ranking"} <= keys:
-        return "ranking"
-    if {"chosen", "rejected"} <= keys:
-        return "preference"
-    if {"instruction", "output"} <= keys:
-        return "alpaca"
-    if {"prompt", "completion"} <= keys:
-        return "prompt_completion"
-    if "text" in keys:
-        return "text"
-    return None
+    # `among` lets a preference loader see {messages, chosen, rejected} (UltraFeedback) as a preference row.
+    return next((fmt for fmt, cols in FORMAT_COLUMNS.items()
+                 if (among is None or fmt in among) and set(cols) <= keys), None)
 
 
 def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
@@ -134,6 +136,4 @@ def _kind(row: dict[str, Any]) -> str:
 
 
 def _missing_columns(row: dict[str, Any], kind: str) -> str | None:
-    need = {"messages": ("messages",), "sharegpt": ("conversations",), "alpaca": ("instruction", "output"),
-            "prompt_completion": ("prompt", "completion"), "text": ("text",)}[kind]
-    return next((c for c in need if c not in row), None)
+    return next((c for c in FORMAT_COLUMNS[kind] if c not in row), None)

@@ -1,62 +1,138 @@
-"""Preference data: explicit pairs, implicit-prompt pairs (HH-RLHF), and K-way rankings.
+"""Preference data: explicit pairs, implicit-prompt pairs, the public shapes, and K-way rankings.
 
 Every row becomes one ranking {"prompt": messages, "responses": [str, ...] best first, "margin": float};
 a pair is a ranking of two. Invalid rows raise AlignkitError naming file:row.
 
 Accepted rows (column names after the recipe's `columns` mapping):
-    {"prompt", "chosen", "rejected"}      explicit prompt; text or messages
+    {"prompt", "chosen", "rejected"}      explicit prompt; text or messages (chosen/rejected: one assistant
+                                          message, or whole conversations that repeat the prompt, as in
+                                          UltraFeedback-binarized: the prompt is taken from them once)
     {"chosen", "rejected"}                implicit prompt: two full conversations split at their
-                                          longest common message prefix (HH-RLHF style)
+                                          longest common message prefix; raw Anthropic HH strings
+                                          ("\n\nHuman: ...\n\nAssistant: ...") become user/assistant messages
+    {"conversations", "chosen", "rejected"}  ShareGPT preference rows (LLaMA-Factory): the conversation is the
+                                          prompt, chosen/rejected one {"from": "gpt", "value"} turn each
     {"prompt", "responses", "ranking"}    K >= 2 responses; ranking lists their indices best first
+KTO-style unpaired rows {"prompt", "completion", "label"} are refused: the stages compare two responses.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
+from trl.data_utils import extract_prompt
+
 from alignkit.config.base import DatasetSpec
-from alignkit.data.formats import detect_format
+from alignkit.data.formats import SHAREGPT_ROLES, detect_format
+from alignkit.data.loading import load_spec
 from alignkit.errors import AlignkitError
 
 PREFERENCE_FORMATS = ("preference", "ranking")
+# A turn marker of the Anthropic HH-RLHF transcripts; the text before the first one must be empty.
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def parse_hh(text: str) -> list[dict[str, str]] | None:
+    """An Anthropic HH transcript as user/assistant messages, or None when `text` is not one."""
+    parts = HH_TURN.split("\n\n" + text.lstrip())  # ["", "Human", " q", "Assistant", " a", ...]
+    if len(parts) < 3 or parts[0] or "Assistant" not in parts[1::2]:
+        return None
+    return [{"role": HH_ROLES[name], "content": body.strip()} for name, body in zip(parts[1::2], parts[2::2], strict=True)]
+
+
+def _message(value: Any, where: str) -> dict[str, str]:
+    """One {role, content} message; ShareGPT's {from, value} spelling is accepted."""
+    if isinstance(value, dict):
+        role = value.get("role", SHAREGPT_ROLES.get(value.get("from", "")))
+        content = value.get("content", value.get("value"))
+        if isinstance(role, str) and isinstance(content, str):
+            return {"role": role, "content": content}
+    raise AlignkitError(f"expected a {{role, content}} message, got {value!r:.60}", where=where)
 
 
 def _as_messages(value: Any, role: str, where: str) -> list[dict[str, str]]:
-    """Text becomes one message of `role`; a list of {role, content} is copied."""
+    """Text (an HH transcript, or one message of `role`), one message, or a list of messages, as messages."""
     if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and "role" in m and isinstance(m.get("content"), str) for m in value
-    ):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
+        return parse_hh(value) or [{"role": role, "content": value}]
+    if isinstance(value, dict):
+        return [_message(value, where)]
+    if isinstance(value, list) and value:
+        return [_message(m, where) for m in value]
     raise AlignkitError(f"expected text or a non-empty list of {{role, content}} messages, got {value!r:.60}",
                         where=where)
 
 
-def _response_text(value: Any, where: str) -> str:
-    """A response given as text or as a one-message assistant turn."""
-    msgs = _as_messages(value, "assistant", where)
-    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+def _response(value: Any, where: str) -> str:
+    """A response given as text or as exactly one assistant message."""
+    return value if isinstance(value, str) else _response_text(_as_messages(value, "assistant", where), where)
+
+
+def _response_text(messages: list[dict[str, str]], where: str) -> str:
+    """The text of a response given as exactly one assistant message."""
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
         raise AlignkitError("a response must be text or exactly one assistant message", where=where)
-    return msgs[0]["content"]
+    return messages[0]["content"]
 
 
 def split_implicit(chosen: list[dict], rejected: list[dict], where: str) -> tuple[list[dict], str, str]:
-    """Split two full conversations at their longest common message prefix (HH-RLHF style)."""
-    n = 0
-    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-        n += 1
-    if n == len(chosen) == len(rejected):
+    """Split two full conversations at their longest common message prefix (TRL's extract_prompt)."""
+    if chosen == rejected:
         raise AlignkitError("chosen and rejected are identical", where=where)
-    if n == 0:
+    split = extract_prompt({"chosen": chosen, "rejected": rejected})
+    prompt, rest_c, rest_r = split["prompt"], split["chosen"], split["rejected"]
+    if not prompt:
         raise AlignkitError("chosen and rejected share no prompt prefix", where=where)
-    rest_c, rest_r = chosen[n:], rejected[n:]
     if len(rest_c) != 1 or len(rest_r) != 1 or {rest_c[0]["role"], rest_r[0]["role"]} != {"assistant"}:
         raise AlignkitError(
-            f"after the common prefix of {n} messages, chosen and rejected must each end in exactly one "
-            "assistant message", where=where)
-    return chosen[:n], rest_c[0]["content"], rest_r[0]["content"]
+            f"chosen and rejected must be one conversation that differs only in its final assistant reply; "
+            f"they share {len(prompt)} of {len(chosen)}/{len(rejected)} turns", where=where)
+    return prompt, rest_c[0]["content"], rest_r[0]["content"]
+
+
+def _explicit_prompt(row: dict[str, Any], where: str) -> list[dict[str, str]] | None:
+    """The prompt a row states (prompt column, or ShareGPT conversations + system), or None when implicit."""
+    if "conversations" in row:
+        turns = _as_messages(row["conversations"], "user", f"{where} conversations")
+        system = row.get("system")
+        return [{"role": "system", "content": system}, *turns] if isinstance(system, str) and system else turns
+    if not row.get("prompt"):
+        return None
+    prompt = _as_messages(row["prompt"], "user", f"{where} prompt")
+    # An HH-style prompt ends with an empty "Assistant:" turn: the cue the response follows.
+    if len(prompt) > 1 and prompt[-1] == {"role": "assistant", "content": ""}:
+        prompt = prompt[:-1]
+    return prompt
+
+
+def _paired(row: dict[str, Any], where: str) -> tuple[list[dict], list[str]]:
+    """Prompt and [chosen, rejected] from an explicit- or implicit-prompt pair."""
+    prompt = _explicit_prompt(row, where)
+    if prompt is None and (isinstance(row["chosen"], str) or isinstance(row["rejected"], str)) and not (
+        parse_hh(str(row["chosen"])) and parse_hh(str(row["rejected"]))
+    ):
+        raise AlignkitError("without a prompt column, chosen and rejected must be full conversations (lists "
+                            "of messages, or HH-RLHF '\\n\\nHuman: ... \\n\\nAssistant: ...' transcripts) so the "
+                            "shared prompt can be split off", where=where)
+    chosen = _as_messages(row["chosen"], "assistant", f"{where} chosen")
+    rejected = _as_messages(row["rejected"], "assistant", f"{where} rejected")
+    if prompt is None or len(chosen) > 1 or len(rejected) > 1:
+        # Implicit prompt, or whole conversations that repeat the prompt (UltraFeedback-binarized).
+        shared, c, r = split_implicit(chosen, rejected, where)
+        if prompt is not None and not _ends_with(shared, prompt):
+            raise AlignkitError("chosen and rejected repeat a conversation that does not end with the prompt "
+                                "column's turns", where=where)
+        return shared, [c, r]
+    return prompt, [_response_text(chosen, f"{where} chosen"), _response_text(rejected, f"{where} rejected")]
+
+
+def _ends_with(conversation: list[dict[str, str]], prompt: list[dict[str, str]]) -> bool:
+    """True when the conversation's last turns are the prompt's (whitespace aside)."""
+    tail = conversation[-len(prompt):]
+    return len(tail) == len(prompt) and all(
+        a["role"] == b["role"] and a["content"].strip() == b["content"].strip() for a, b in zip(tail, prompt, strict=True))
 
 
 def _ranked(row: dict[str, Any], where: str) -> tuple[list[dict], list[str]]:
@@ -65,28 +141,13 @@ def _ranked(row: dict[str, Any], where: str) -> tuple[list[dict], list[str]]:
     responses, ranking = row["responses"], row["ranking"]
     if not isinstance(responses, list) or len(responses) < 2:
         raise AlignkitError("a ranking needs a list of at least two responses (K >= 2)", where=where)
-    texts = [_response_text(r, f"{where} responses[{i}]") for i, r in enumerate(responses)]
+    texts = [_response(r, f"{where} responses[{i}]") for i, r in enumerate(responses)]
     k = len(texts)
     if not isinstance(ranking, list) or not all(isinstance(i, int) for i in ranking) or sorted(ranking) != list(
         range(k)
     ):
         raise AlignkitError(f"ranking {ranking} is not a permutation of 0..{k - 1}", where=where)
     return prompt, [texts[i] for i in ranking]
-
-
-def _paired(row: dict[str, Any], where: str) -> tuple[list[dict], list[str]]:
-    """Prompt and [chosen, rejected] from an explicit- or implicit-prompt pair."""
-    if row.get("prompt"):
-        prompt = _as_messages(row["prompt"], "user", where)
-        return prompt, [_response_text(row["chosen"], f"{where} chosen"),
-                        _response_text(row["rejected"], f"{where} rejected")]
-    if isinstance(row["chosen"], str) or isinstance(row["rejected"], str):
-        raise AlignkitError("without a prompt column, chosen and rejected must be full conversations "
-                            "(lists of messages) so the shared prompt can be split off", where=where)
-    chosen = _as_messages(row["chosen"], "user", f"{where} chosen")
-    rejected = _as_messages(row["rejected"], "user", f"{where} rejected")
-    prompt, c, r = split_implicit(chosen, rejected, where)
-    return prompt, [c, r]
 
 
 def _margin(row: dict[str, Any], column: str | None, where: str) -> float:
@@ -103,7 +164,11 @@ def _margin(row: dict[str, Any], column: str | None, where: str) -> float:
 def to_ranking(row: dict[str, Any], where: str, margin_column: str | None = None,
                fmt: str = "auto") -> dict[str, Any]:
     """One preference row as a ranking {prompt, responses (best first), margin}."""
-    kind = detect_format(row)  # the one format detector (data/formats.py)
+    kind = detect_format(row, among=(*PREFERENCE_FORMATS, "unpaired"))  # the one format detector
+    if kind == "unpaired":
+        raise AlignkitError("KTO-style unpaired rows (prompt, completion, label) cannot train reward or DPO, which "
+                            "compare two responses to one prompt: pair a preferred and a dispreferred completion "
+                            "of each prompt into {prompt, chosen, rejected} rows", where=where)
     if kind not in PREFERENCE_FORMATS or (fmt != "auto" and kind != fmt):
         expected = fmt if fmt != "auto" else "prompt/chosen/rejected, chosen/rejected or prompt/responses/ranking"
         raise AlignkitError(f"not a preference row (columns {sorted(row)}); expected {expected}", where=where)
@@ -128,8 +193,6 @@ def load_rankings(rows: Iterable[dict[str, Any]], source: str, margin_column: st
 def load_preference_datasets(specs: list[DatasetSpec], where: str = "data.datasets",
                              margin_column: str | None = None) -> list[dict[str, Any]]:
     """Every dataset of a recipe list as rankings, concatenated."""
-    from alignkit.data.loading import load_spec
-
     out: list[dict[str, Any]] = []
     for i, spec in enumerate(specs):
         if spec.format not in ("auto", *PREFERENCE_FORMATS):
