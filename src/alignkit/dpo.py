@@ -108,7 +108,7 @@ def build_models(recipe: Recipe, section: DPOSection, tokenizer: Any) -> tuple[A
             policy = prepare_model_for_kbit_training(
                 policy, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
         # TRL wraps the model itself and computes the reference with the adapter disabled.
-        return policy, None, lora_config(recipe.peft)
+        return policy, None, lora_config(recipe.peft, model=policy)
     if is_adapter or section.precompute_ref_log_probs:
         return policy, None, None  # TRL copies the adapter as "ref", or scores the reference once up front
     ref_model = load_causal_lm(recipe.model, None, tokenizer).eval()
@@ -120,7 +120,7 @@ def build_trainer(recipe: Recipe, section: DPOSection, run_dir: RunDir) -> Any:
     """A TRL DPOTrainer configured from the recipe (DPOConfig from `train:` + `dpo:`)."""
     from trl import DPOConfig, DPOTrainer
 
-    tokenizer = load_tokenizer(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, chat=True)
     train_ds, eval_ds = load_pairs(recipe, section, tokenizer)
     policy, ref_model, peft_config = build_models(recipe, section, tokenizer)
     config = make_config(DPOConfig, recipe, run_dir, has_eval=eval_ds is not None,

@@ -21,9 +21,8 @@ QUANT_FILE = "alignkit_quantization.json"
 def load_for_merge(adapter_dir: str, dtype: str = "float32") -> Any:
     """Base (dequantized if it was trained in 4-bit) + adapter, merged and unloaded."""
     import torch
-    from peft import PeftModel
 
-    from alignkit.models import adapter_base, load_causal_lm
+    from alignkit.models import adapter_base, attach_adapter, load_causal_lm
 
     base = adapter_base(adapter_dir)
     if base is None:
@@ -37,7 +36,7 @@ def load_for_merge(adapter_dir: str, dtype: str = "float32") -> Any:
         model = model.to(getattr(torch, dtype))
     else:
         model = load_causal_lm(section)
-    model = PeftModel.from_pretrained(model, adapter_dir)
+    model = attach_adapter(model, adapter_dir)  # grows the base to the adapter's tokenizer first
     return model.merge_and_unload()
 
 

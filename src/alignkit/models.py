@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,10 @@ from typing import Any
 import torch
 
 from alignkit.config.base import ModelSection, PeftSection, QuantizationSection
+from alignkit.data.templates import require_chat_template, set_chat_template
 from alignkit.errors import AlignkitError
+
+log = logging.getLogger("alignkit.models")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -19,6 +24,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_dtype(name: str) -> torch.dtype | str:
     """Map a recipe dtype name to torch (\"auto\" passes through)."""
     return "auto" if name == "auto" else DTYPES[name]
+
+
+def _load_error(path: str, exc: Exception, key: str, attn_implementation: str | None) -> AlignkitError:
+    """The user error for a failed model load: the attention kernel when that is what failed, else the path."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if attn_implementation and re.search(r"attn_implementation|attention|FlashAttention|flash_attn", message):
+        return AlignkitError(f"attn_implementation '{attn_implementation}' cannot be used: {message}; use "
+                             "'sdpa' or 'eager' (or leave it unset)", where="model.attn_implementation")
+    if isinstance(exc, ImportError):
+        return AlignkitError(f"loading '{path}' needs a package that is missing: {message}", where=key)
+    return _hub_error(path, exc, key)
 
 
 def _hub_error(path: str, exc: Exception, key: str) -> AlignkitError:
@@ -30,21 +46,25 @@ def _hub_error(path: str, exc: Exception, key: str) -> AlignkitError:
     )
 
 
-def read_chat_template(value: str) -> str:
-    """A chat template given inline or as a path to a .jinja file."""
-    path = Path(value)
-    if value.endswith((".jinja", ".j2", ".txt")):
-        if not path.is_file():
-            raise AlignkitError("chat template file not found", where=f"model.chat_template: {value}")
-        return path.read_text()
-    return value
+def tokenizer_source(model: ModelSection) -> str:
+    """Where the tokenizer comes from: model.tokenizer, an adapter folder's own (saved) tokenizer, or its base."""
+    path = model.name_or_path
+    if model.tokenizer:
+        return model.tokenizer
+    if (Path(path) / "tokenizer_config.json").is_file():
+        return path
+    return adapter_base(path) or path
 
 
-def load_tokenizer(model: ModelSection, padding_side: str = "right") -> Any:
-    """Load the tokenizer, apply the recipe's chat template, and make sure PAD exists and differs from EOS."""
+def load_tokenizer(model: ModelSection, padding_side: str = "right", chat: bool = False) -> Any:
+    """Load the tokenizer, apply the recipe's chat template, and make sure PAD exists and differs from EOS.
+
+    `chat`: the stage renders conversations, so a tokenizer without a template is a user error now,
+    before any model loads.
+    """
     from transformers import AutoTokenizer
 
-    source = model.tokenizer or adapter_base(model.name_or_path) or model.name_or_path
+    source = tokenizer_source(model)
     try:
         tok = AutoTokenizer.from_pretrained(
             source, revision=model.revision, trust_remote_code=model.trust_remote_code
@@ -52,16 +72,59 @@ def load_tokenizer(model: ModelSection, padding_side: str = "right") -> Any:
     except (OSError, ValueError) as exc:
         raise _hub_error(source, exc, "model.tokenizer" if model.tokenizer else "model.name_or_path") from None
     if model.chat_template:
-        tok.chat_template = read_chat_template(model.chat_template)
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        # PAD must differ from EOS: if EOS is masked as padding the policy never learns to stop.
-        candidate = tok.unk_token if tok.unk_token is not None and tok.unk_token != tok.eos_token else None
-        if candidate is None:
-            tok.add_special_tokens({"pad_token": "<|pad|>"})
-        else:
-            tok.pad_token = candidate
+        set_chat_template(tok, model.chat_template)  # before PAD: a built-in may change EOS
+    if chat:
+        require_chat_template(tok)
+    ensure_pad_token(tok)
     tok.padding_side = padding_side
     return tok
+
+
+ADDED_PAD = "<|pad|>"
+# Tokens that pretrained vocabularies reserve for padding (Llama-3.1, T5/Gemma, BERT, ours, Pythia).
+PAD_NAMES = ("<|finetune_right_pad_id|>", "<pad>", "[PAD]", ADDED_PAD, "<|padding|>")
+
+
+def spare_pad_token(tok: Any) -> str | None:
+    """A token already in the vocabulary that can serve as PAD without a new embedding row, or None.
+
+    In order: unk, a token named for padding, the first reserved special token (Llama-3's
+    <|reserved_special_token_N|>), then <|endoftext|> when EOS is another token (Qwen's chat EOS is
+    <|im_end|>). Never EOS or BOS, nor a token the chat template writes.
+    """
+    taken = {tok.eos_token, tok.bos_token}
+    template = tok.chat_template if isinstance(tok.chat_template, str) else ""
+    vocab = tok.get_vocab()
+
+    def usable(token: str | None) -> bool:
+        return token is not None and token in vocab and token not in taken and token not in template
+
+    if usable(tok.unk_token):
+        return tok.unk_token
+    named = next((t for t in PAD_NAMES if usable(t)), None)
+    if named:
+        return named
+    reserved = sorted((vocab[t], t) for t in tok.get_added_vocab() if "reserved" in t.lower() and usable(t))
+    if reserved:
+        return reserved[0][1]
+    return "<|endoftext|>" if usable("<|endoftext|>") else None
+
+
+def ensure_pad_token(tok: Any) -> None:
+    """Give the tokenizer a PAD that differs from EOS, adding <|pad|> only when the vocabulary has none to spare.
+
+    PAD must differ from EOS: if EOS is masked as padding the policy never learns to stop. An added PAD
+    needs a new embedding row; the saved tokenizer carries it and load_causal_lm grows every later load
+    (merge, reward, PPO, DPO, eval) to the tokenizer the same way.
+    """
+    if tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id:
+        return
+    spare = spare_pad_token(tok)
+    if spare is None:
+        tok.add_special_tokens({"pad_token": ADDED_PAD})
+        log.info("the vocabulary has no token to spare as PAD: added %s (the embeddings grow by one row)", ADDED_PAD)
+    else:
+        tok.pad_token = spare
 
 
 def quantization_config(quant: QuantizationSection | None) -> Any:
@@ -105,8 +168,8 @@ def _from_pretrained(cls: Any, path: str, model: ModelSection, key: str, **kwarg
                 **({"attn_implementation": model.attn_implementation} if model.attn_implementation else {}),
                 **kwargs,
             )
-    except (OSError, ValueError) as exc:
-        raise _hub_error(path, exc, key) from None
+    except (OSError, ValueError, ImportError) as exc:
+        raise _load_error(path, exc, key, model.attn_implementation) from None
     if quantized:
         release_checkpoint_mapping(loaded)
     if on_cpu:
@@ -124,14 +187,40 @@ def load_causal_lm(model: ModelSection, quant: QuantizationSection | None = None
     qcfg = quantization_config(quant)
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
     lm = _from_pretrained(AutoModelForCausalLM, base or model.name_or_path, model, "model.name_or_path", **kwargs)
-    if tokenizer is not None and len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
-        lm.resize_token_embeddings(len(tokenizer))
+    grow_embeddings(lm, len(tokenizer))
     if base is not None:
-        from peft import PeftModel
-
-        lm = PeftModel.from_pretrained(lm, model.name_or_path, is_trainable=adapter_trainable)
+        lm = attach_adapter(lm, model.name_or_path, is_trainable=adapter_trainable)
     return lm
+
+
+def grow_embeddings(model: Any, size: int) -> bool:
+    """Grow the (input and output) embeddings to `size` rows when the tokenizer is larger; True if grown.
+
+    New rows start at the mean of the old ones, not at random, so that every load of the same base
+    (training, merge, PPO's reference, eval) builds identical rows for tokens whose rows are not saved
+    (an adapter saves only the layers it trains).
+    """
+    import torch
+
+    rows = model.get_input_embeddings().weight.shape[0]
+    if size <= rows:
+        return False
+    model.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                      if m is not None}.values():
+            layer.weight[rows:] = layer.weight[:rows].mean(dim=0, keepdim=True)
+    return True
+
+
+def attach_adapter(model: Any, adapter_dir: str, is_trainable: bool = False) -> Any:
+    """A saved PEFT adapter on its base, the base grown first to the adapter's own tokenizer."""
+    from peft import PeftModel
+
+    grow_embeddings(model, len(load_tokenizer(ModelSection(name_or_path=adapter_dir))))
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable)
 
 
 @contextlib.contextmanager
@@ -237,16 +326,71 @@ def load_reward_model(path: str, model: ModelSection | None = None, quant: Quant
     base = adapter_base(path)
     rm = _from_pretrained(AutoModelForSequenceClassification, base or path, section, "reward_model", **kwargs)
     if base is not None:
-        from peft import PeftModel
-
-        rm = PeftModel.from_pretrained(rm, path)
+        rm = attach_adapter(rm, path)
     return rm
 
 
-def lora_config(peft: PeftSection, task_type: str = "CAUSAL_LM") -> Any:
-    """PEFT LoraConfig from the recipe's `peft` section."""
+# Names one architecture uses for what another calls otherwise (Llama/Qwen/Mistral/Gemma vs GPT-2,
+# GPT-NeoX, Falcon, Phi): a recipe written for one family then targets the same layers in another.
+MODULE_ALIASES: tuple[frozenset[str], ...] = (
+    frozenset({"embed_tokens", "wte", "embed_in", "word_embeddings", "tok_embeddings"}),
+    frozenset({"lm_head", "embed_out", "output"}),
+    frozenset({"q_proj", "k_proj", "v_proj", "c_attn", "query_key_value", "qkv_proj", "Wqkv"}),
+    frozenset({"o_proj", "c_proj", "dense", "out_proj"}),
+    frozenset({"gate_proj", "up_proj", "c_fc", "fc1", "dense_h_to_4h", "gate_up_proj"}),
+    frozenset({"down_proj", "c_proj", "fc2", "dense_4h_to_h"}),
+)
+
+
+def _matches(names: list[str], target: str) -> bool:
+    """PEFT's rule for a listed name: the full module name, or its last dotted parts."""
+    return any(name == target or name.endswith("." + target) for name in names)
+
+
+def _resolve_modules(names: list[str], wanted: list[str], key: str) -> list[str]:
+    """Each wanted module name, or its alias that this model has; an error names the key and what exists."""
+    out: list[str] = []
+    for target in wanted:
+        if _matches(names, target):
+            found = [target]
+        else:
+            found = sorted({alias for group in MODULE_ALIASES if target in group
+                            for alias in group if alias != target and _matches(names, alias)})
+        if not found:
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
+            raise AlignkitError(f"no module named '{target}' in this model; its modules are: {', '.join(leaves)}",
+                                where=key)
+        if found != [target]:
+            log.info("%s: '%s' is called %s in this model", key, target, " / ".join(found))
+        out.extend(f for f in found if f not in out)
+    return out
+
+
+def resolve_peft_modules(model: Any, peft: PeftSection) -> PeftSection:
+    """The peft section with target_modules / modules_to_save checked against the model, aliases resolved.
+
+    PEFT ignores a modules_to_save name that matches nothing (GPT-2's embeddings are `wte`, not
+    `embed_tokens`, so they would silently stay frozen) and fails on target_modules with a traceback.
+    """
+    names = [name for name, _ in model.named_modules()]
+    update: dict[str, Any] = {}
+    targets = peft.target_modules
+    if isinstance(targets, list):
+        update["target_modules"] = _resolve_modules(names, targets, "peft.target_modules")
+    elif targets != "all-linear" and not any(re.fullmatch(targets, n) for n in names):
+        raise AlignkitError(f"the pattern '{targets}' matches no module name of this model",
+                            where="peft.target_modules")
+    if peft.modules_to_save:
+        update["modules_to_save"] = _resolve_modules(names, peft.modules_to_save, "peft.modules_to_save")
+    return peft.model_copy(update=update)
+
+
+def lora_config(peft: PeftSection, task_type: str = "CAUSAL_LM", model: Any = None) -> Any:
+    """PEFT LoraConfig from the recipe's `peft` section (module names checked against `model` when given)."""
     from peft import LoraConfig
 
+    if model is not None:
+        peft = resolve_peft_modules(model, peft)
     return LoraConfig(
         r=peft.r,
         lora_alpha=peft.lora_alpha,
@@ -279,7 +423,7 @@ def apply_lora(model: Any, peft: PeftSection, task_type: str = "CAUSAL_LM", quan
 
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    return get_peft_model(model, lora_config(peft, task_type))
+    return get_peft_model(model, lora_config(peft, task_type, model=model))
 
 
 def match_adapter_dtype(model: Any, dtype: Any) -> None:

@@ -331,7 +331,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     section = recipe.reward
     train_rows = load_preference_datasets(recipe.data.datasets, "data.datasets", section.margin_column)
     heldout = load_preference_datasets(recipe.data.eval_datasets, "data.eval_datasets", section.margin_column)
-    tokenizer = load_tokenizer(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, chat=True)
     model = build_reward_model(recipe, tokenizer)
     trainer = build_trainer(recipe, model, tokenizer, to_pairs(train_rows) if section.loss == "pairwise"
                             else train_rows, run_dir)

@@ -1,6 +1,7 @@
 """Stage 2: supervised fine-tuning (full, LoRA, QLoRA) with TRL's SFTTrainer.
 
-Loss on assistant tokens only (the chat template's {% generation %} markers, EOS included), packing
+Loss on assistant tokens only (the chat template's {% generation %} markers, EOS included; for a template
+without them, TRL's training variant of it or, failing that, spans found by rendering prefixes), packing
 without cross-sample attention (padding-free rows with position_ids, from which transformers builds a
 block-diagonal mask for sdpa/eager and varlen boundaries for flash attention), EOS/PAD saved in
 generation_config so the trained model stops.
@@ -19,6 +20,7 @@ from alignkit.config import Recipe
 from alignkit.config.base import DatasetSpec
 from alignkit.data.formats import normalize_sft_rows
 from alignkit.data.loading import load_spec
+from alignkit.data.templates import needs_prefix_masks, require_chat_template, tokenize_with_assistant_masks
 from alignkit.errors import AlignkitError
 from alignkit.merge import QUANT_FILE
 from alignkit.models import DTYPES, apply_lora, load_causal_lm, load_tokenizer, match_adapter_dtype
@@ -149,8 +151,30 @@ def check_packing_attention(model: Any) -> None:
         )
 
 
+def assistant_only(recipe: Recipe) -> bool:
+    """The recipe's sft.assistant_only_loss (default on)."""
+    return bool(recipe.sft.assistant_only_loss if recipe.sft else True)
+
+
+def tokenize_by_prefix(dataset: Any, tokenizer: Any) -> Any:
+    """Conversational rows as input_ids + assistant_masks found by rendering prefixes (any chat template).
+
+    For templates without {% generation %} markers that TRL has no training variant of. A chat
+    prompt/completion row trains only the assistant turns of its completion, as TRL would.
+    """
+    def encode(row: dict[str, Any]) -> dict[str, list[int]]:
+        if "messages" in row:
+            return tokenize_with_assistant_masks(tokenizer, row["messages"])
+        return tokenize_with_assistant_masks(tokenizer, [*row["prompt"], *row["completion"]], len(row["prompt"]))
+
+    return dataset.map(encode, remove_columns=dataset.column_names)
+
+
 def sft_config(recipe: Recipe, run_dir: RunDir, tokenizer: Any, conversational: bool, has_eval: bool) -> Any:
-    """TRL SFTConfig from `train:` + `sft:`: assistant-only loss, packing, EOS."""
+    """TRL SFTConfig from `train:` + `sft:`: assistant-only loss, packing, EOS.
+
+    `conversational` is False for rows already tokenized with their own assistant masks.
+    """
     from trl import SFTConfig
 
     sft = recipe.sft
@@ -160,7 +184,7 @@ def sft_config(recipe: Recipe, run_dir: RunDir, tokenizer: Any, conversational: 
         packing=recipe.data.packing,
         # bfd packing turns on padding-free collation: rows carry position_ids, never a padded mask.
         packing_strategy=sft.packing_strategy if sft else "bfd",
-        assistant_only_loss=bool((sft.assistant_only_loss if sft else True) and conversational),
+        assistant_only_loss=assistant_only(recipe) and conversational,
         completion_only_loss=sft.completion_only_loss if sft else True,
         eos_token=tokenizer.eos_token,
         dataset_num_proc=None,
@@ -172,6 +196,12 @@ def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
     tokenizer = load_tokenizer(recipe.model)
     train_ds, eval_ds = split_eval(recipe, load_sft_dataset(recipe.data.datasets, "data.datasets"))
     conversational = "messages" in train_ds.column_names or isinstance(train_ds[0].get("prompt"), list)
+    if conversational:
+        require_chat_template(tokenizer)
+    if conversational and assistant_only(recipe) and needs_prefix_masks(tokenizer):
+        train_ds = tokenize_by_prefix(train_ds, tokenizer)
+        eval_ds = tokenize_by_prefix(eval_ds, tokenizer) if eval_ds is not None else None
+        conversational = False  # tokenized, with the masks TRL turns into labels
     model = build_model(recipe, tokenizer)
     config = sft_config(recipe, run_dir, tokenizer, conversational, eval_ds is not None)
     trainer = sft_trainer_class()(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,

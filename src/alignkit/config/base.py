@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from alignkit.data.templates import check_template_setting
+
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")
 
 
@@ -47,7 +49,8 @@ class ModelSection(Section):
     revision: str | None = None
     tokenizer: str | None = None
     chat_template: str | None = Field(
-        None, description="a Jinja chat template, or a path to a .jinja file; default: the tokenizer's"
+        None, description="a built-in template (chatml, llama3, mistral, gemma, phi3, zephyr), Jinja text, "
+        "or a path to a .jinja file; default: the tokenizer's"
     )
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str | None = None
@@ -55,6 +58,7 @@ class ModelSection(Section):
     max_length: int = Field(512, gt=0)
 
     _check_paths = field_validator("name_or_path", "tokenizer")(check_local_path)
+    _check_template = field_validator("chat_template")(check_template_setting)
 
 
 class QuantizationSection(Section):

@@ -19,7 +19,14 @@ from alignkit.config import Recipe
 from alignkit.config.base import ModelSection
 from alignkit.data.loading import load_spec
 from alignkit.errors import AlignkitError
-from alignkit.models import adapter_base, apply_lora, load_causal_lm, load_reward_model, load_tokenizer
+from alignkit.models import (
+    adapter_base,
+    apply_lora,
+    attach_adapter,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+)
 from alignkit.ppo.modules import FROZEN_ADAPTER, REF_ADAPTER
 from alignkit.ppo.trainer import PPOConfig, PPOTrainer
 from alignkit.runio import MetricsLogger, RunDir, atomic_dir, read_metrics
@@ -82,8 +89,6 @@ def build_policy(recipe: Recipe, mode: str) -> tuple[Any, Any]:
     Resuming loads the checkpoint's weights into these models inside PPOTrainer, so the reference is
     always built from the starting SFT model.
     """
-    from peft import PeftModel
-
     path = recipe.model.name_or_path
     if mode == "copy":
         policy = load_causal_lm(recipe.model)
@@ -94,7 +99,7 @@ def build_policy(recipe: Recipe, mode: str) -> tuple[Any, Any]:
     if mode == "adapter_disabled":
         quant = recipe.quantization
         return apply_lora(base, recipe.peft, quantized=bool(quant and quant.load_in_4bit)), None
-    return PeftModel.from_pretrained(base, path, is_trainable=True), FROZEN_ADAPTER
+    return attach_adapter(base, path, is_trainable=True), FROZEN_ADAPTER
 
 
 def oracle_reward_fn(prompt_ids: list[list[int]], metas: list[dict], eos_token_id: int) -> Any:
@@ -157,7 +162,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     torch.manual_seed(recipe.seed)
     accelerator = Accelerator(gradient_accumulation_steps=recipe.train.gradient_accumulation_steps)
     resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
-    tokenizer = load_tokenizer(recipe.model, padding_side="left")
+    tokenizer = load_tokenizer(recipe.model, padding_side="left", chat=True)
     oracle_reward = recipe.ppo.reward == "oracle"
     prompts, metas = load_prompts(recipe, tokenizer, with_meta=oracle_reward)
     mode = reference_mode(recipe)
