@@ -435,3 +435,33 @@ def match_adapter_dtype(model: Any, dtype: Any) -> None:
     for param in model.parameters():
         if param.requires_grad and param.dtype != dtype:
             param.data = param.data.to(dtype)
+
+
+def is_quantized_model(model: Any) -> bool:
+    """Whether a (PEFT-wrapped) transformers model holds bitsandbytes 4/8-bit weights."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_quantized", False))
+
+
+def merge_dequantized(model: Any) -> Any:
+    """The active LoRA adapter merged into a float base: a 4/8-bit base is dequantized first, then merged.
+
+    PEFT merges into 4-bit layers by re-quantizing W + BA, which gives another model than the one trained
+    (up to 0.1 apart in reward scores here; peft #1080, #2321). Dequantizing the trained NF4 weights and
+    merging the same adapter state into those is the trained model in plain floats (as `alignkit merge`).
+    """
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    if not is_quantized_model(model):
+        return model.merge_and_unload()
+    name = model.active_adapter
+    peft_config = model.peft_config[name]
+    state = get_peft_model_state_dict(model, adapter_name=name)
+    base = model.unload()  # the LoRA layers removed, their 4-bit base layers back in place
+    qcfg = base.config.quantization_config
+    # 4-bit layers compute in bnb_4bit_compute_dtype: the dequantized weights keep the trained arithmetic.
+    dtype = getattr(qcfg, "bnb_4bit_compute_dtype", None) if getattr(qcfg, "load_in_4bit", False) else None
+    base = base.dequantize(dtype=dtype or base.get_input_embeddings().weight.dtype)
+    fresh = get_peft_model(base, peft_config, adapter_name=name)
+    set_peft_model_state_dict(fresh, state, adapter_name=name)
+    return fresh.merge_and_unload()

@@ -27,7 +27,7 @@ import torch
 from alignkit.config import Recipe
 from alignkit.data.preferences import load_preference_datasets, to_pairs
 from alignkit.errors import AlignkitError
-from alignkit.models import apply_lora, load_tokenizer
+from alignkit.models import apply_lora, load_tokenizer, merge_dequantized
 from alignkit.reward_model import (
     BIAS_KEY,
     NORMALIZATION_FILE,
@@ -302,7 +302,7 @@ def save_reward_model(model: Any, tokenizer: Any, run_dir: RunDir, bias: float, 
             model.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
             atomic_write_json(tmp / NORMALIZATION_FILE, {BIAS_KEY: bias, SCALE_KEY: scale})
-        model = model.merge_and_unload()
+        model = merge_dequantized(model)  # a QLoRA base is dequantized first: model/ is the model evaluated
     setattr(model.config, BIAS_KEY, bias)
     setattr(model.config, SCALE_KEY, scale)
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -52,3 +52,51 @@ def test_oracle_reward_needs_prompt_rows_with_meta(tmp_path, ppo_tokenizer):
     with pytest.raises(AlignkitError, match="needs a 'meta' column") as err:
         load_prompts(recipe, ppo_tokenizer, with_meta=True)
     assert "data.datasets.0" in str(err.value)
+
+
+def _perturb_adapter(policy, seed: int) -> None:
+    """Random LoRA B matrices of the active adapter, so the adapter changes the model (as after training)."""
+    torch.manual_seed(seed)
+    name = policy.active_adapter
+    with torch.no_grad():
+        for pname, p in policy.named_parameters():
+            if f"lora_B.{name}." in pname:
+                p.normal_(0, 0.2)
+
+
+@pytest.mark.parametrize("mode", ["adapter_disabled", "frozen_adapter"])
+def test_4bit_policy_is_saved_as_the_trained_policy(mode, tmp_path, tiny_model_dir, tiny_tokenizer):
+    """model/ from a 4-bit LoRA policy: dequantized then merged, so its logits are the trained policy's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from alignkit.config.recipe import validate_recipe
+    from alignkit.ppo.modules import add_frozen_adapter_copy
+    from alignkit.ppo.stage import build_policy, save_policy
+    from alignkit.runio import RunDir
+
+    start = str(tiny_model_dir)
+    if mode == "frozen_adapter":  # the policy continues an SFT adapter trained on the full-precision base
+        sft = get_peft_model(AutoModelForCausalLM.from_pretrained(start),
+                             LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        _perturb_adapter(sft, 1)
+        sft.save_pretrained(str(tmp_path / "sft"))
+        start = str(tmp_path / "sft")
+    recipe = validate_recipe({"stage": "ppo", "output_dir": str(tmp_path / "run"), "model": {"name_or_path": start},
+                              "quantization": {"load_in_4bit": True},
+                              "peft": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+                              "data": {"datasets": [{"path": "data/world/rl_prompts.jsonl"}]}, "ppo": {"reward_model": "x"}})
+    policy, _ = build_policy(recipe, mode)
+    if mode == "frozen_adapter":
+        add_frozen_adapter_copy(policy)  # what PPOTrainer adds; save_policy must drop it
+    _perturb_adapter(policy, 2)
+    ids = torch.tensor([tiny_tokenizer("<|user|>\nWhere is Bresbis?\n<|assistant|>\nIn Eastvale.")["input_ids"]])
+    with torch.no_grad():
+        trained = policy(input_ids=ids).logits
+    save_policy(policy, tiny_tokenizer, RunDir(tmp_path / "run"), mode)
+    model_dir = tmp_path / "run" / "model"
+    assert not hasattr(AutoConfig.from_pretrained(model_dir), "quantization_config")
+    with torch.no_grad():
+        saved = AutoModelForCausalLM.from_pretrained(model_dir)(input_ids=ids).logits
+    # Merged into the 4-bit weights (re-quantized), the logits were up to 0.15 apart.
+    assert (saved - trained).abs().max().item() < 1e-4

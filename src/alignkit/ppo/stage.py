@@ -26,6 +26,7 @@ from alignkit.models import (
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
+    merge_dequantized,
 )
 from alignkit.ppo.modules import FROZEN_ADAPTER, REF_ADAPTER
 from alignkit.ppo.trainer import PPOConfig, PPOTrainer
@@ -222,7 +223,7 @@ def save_policy(policy: Any, tokenizer: Any, run_dir: RunDir, mode: str) -> None
         with atomic_dir(run_dir.path / "adapter") as tmp:
             policy.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
-        policy = policy.merge_and_unload()
+        policy = merge_dequantized(policy)  # a 4-bit base is dequantized first: model/ is the policy trained
     set_generation_eos(policy, tokenizer)
     tokenizer.padding_side = "right"
     with atomic_dir(run_dir.model_dir) as tmp:
