@@ -127,6 +127,11 @@ def ensure_pad_token(tok: Any) -> None:
         tok.pad_token = spare
 
 
+def same_vocabulary(tokenizer: Any, other: Any) -> bool:
+    """Whether two tokenizers map every token to the same id (log-probs and rewards of ids then agree)."""
+    return tokenizer.get_vocab() == other.get_vocab()
+
+
 def quantization_config(quant: QuantizationSection | None) -> Any:
     """bitsandbytes config for QLoRA (NF4 + double quantization by default), or None."""
     if quant is None or not (quant.load_in_4bit or quant.load_in_8bit):

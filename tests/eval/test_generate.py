@@ -100,13 +100,13 @@ FEWSHOT = "A conversation with a helpful assistant.\n\nUser: Hi?\nAssistant: Hel
 class ScriptedModel(torch.nn.Module):
     """A 'model' whose generate() appends a fixed continuation: few-shot cutting without a real LM."""
 
-    def __init__(self, continuation: list[int]):
+    def __init__(self, continuation: list[int], fewshot: bool = True):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.continuation = continuation
+        self.continuation, self.fewshot = continuation, fewshot
 
     def generate(self, input_ids, **kwargs):
-        assert kwargs.get("stop_strings"), "few-shot generation should stop at the next turn"
+        assert bool(kwargs.get("stop_strings")) == self.fewshot, "few-shot generation should stop at the next turn"
         tail = torch.tensor([self.continuation] * input_ids.shape[0])
         return torch.cat([input_ids, tail], 1)
 
@@ -124,9 +124,24 @@ def test_fewshot_builds_the_document_and_stops_at_the_next_turn(tiny):
                    fewshot=True)[0]
     assert out["text"] == "Bresbis is in Eastvale."
     assert out["ended"] is True
-    assert out["n_tokens"] == len(tokenizer(" Bresbis is in Eastvale.", add_special_tokens=False)["input_ids"])
+    # The answer's tokens plus one for the stop (the turn boundary), as EOS counts for chat.
+    assert out["n_tokens"] == len(tokenizer(" Bresbis is in Eastvale.", add_special_tokens=False)["input_ids"]) + 1
     assert cut_fewshot("Lowmere.\nUser: next") == ("Lowmere.", True)
     assert cut_fewshot("still going") == ("still going", False)
+
+
+def test_lengths_count_the_stop_once_for_chat_and_fewshot_alike(tiny):
+    _, tokenizer = tiny
+    answer = tokenizer(" Bresbis is in Eastvale.", add_special_tokens=False)["input_ids"]
+    boundary = tokenizer("\n\nUser: And Sirsos?", add_special_tokens=False)["input_ids"]
+    greedy = Sampling(temperature=0.0)
+    chat = generate(ScriptedModel(answer + [tokenizer.eos_token_id], fewshot=False), tokenizer, ["Q"], greedy,
+                    progress=False)[0]
+    few = generate(ScriptedModel(answer + boundary), tokenizer, ["Q"], greedy, progress=False, fewshot=True)[0]
+    assert chat["ended"] and few["ended"] and chat["text"] == few["text"]
+    assert chat["n_tokens"] == few["n_tokens"] == len(answer) + 1
+    cut_short = generate(ScriptedModel(answer, fewshot=False), tokenizer, ["Q"], greedy, progress=False)[0]
+    assert not cut_short["ended"] and cut_short["n_tokens"] == len(answer)  # no stop, nothing added
 
 
 def test_logprobs_batched_equal_single_and_kl_to_itself_is_zero(tiny):

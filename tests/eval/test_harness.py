@@ -214,3 +214,105 @@ def test_reward_model_scores_and_best_of_n(tmp_path, random_llama):
         best[c["prompt_id"]] = max(best.get(c["prompt_id"], -1e9), v)
     assert rows["random-best-of-3"]["reward_mean"] == pytest.approx(sum(best.values()) / 4, abs=1e-4)
     assert report["meta"]["judge"].startswith("reward_model")
+
+
+# ---- caches keyed by content, prompts that do not fit, KL across tokenizers ----------------------------
+
+def save_llama(path: Path, seed: int, tokenizer=None, **overrides) -> str:
+    """A 1-layer random Llama (hidden 32) with the shipped tokenizer, saved at `path` (replacing what is there)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(TINY)
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                            "max_position_embeddings": 512, "eos_token_id": tokenizer.eos_token_id,
+                            "pad_token_id": tokenizer.pad_token_id, **overrides})
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def greedy_section(tmp_path: Path, models: list[dict], **generation):
+    recipe = eval_recipe(tmp_path / "run", models)
+    recipe["eval"]["prompt_limit"] = 3
+    recipe["eval"]["generation"].update({"temperature": 0.0, "diversity_samples": 0, **generation})
+    return validate_recipe(recipe).eval
+
+
+def test_a_model_replaced_at_the_same_path_is_generated_again(tmp_path, monkeypatch):
+    from alignkit.eval import harness
+    from alignkit.runio import RunDir
+
+    path = tmp_path / "model"
+    save_llama(path, seed=0)
+    spec = {"name": "m", "path": str(path)}
+    section = greedy_section(tmp_path, [spec, {"name": "other", "path": TINY}])
+    rows, run_dir = load_prompts(section), RunDir(tmp_path / "run")
+    first = harness.generate_for_model(section.models[0], rows, section, run_dir, None, need_logprobs=False)
+
+    save_llama(path, seed=1)  # retrained in place: same path, same size, other weights
+    second = harness.generate_for_model(section.models[0], rows, section, run_dir, None, need_logprobs=False)
+    assert [r["token_ids"] for r in second.main] != [r["token_ids"] for r in first.main]
+    lines = (run_dir.path / "completions" / "m.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * len(rows)  # regenerated, not read back
+
+    # The same weights copied elsewhere are the same model: the cache answers, no model is loaded.
+    import shutil
+
+    shutil.copytree(path, tmp_path / "copy")
+    monkeypatch.setattr(harness, "load_model", lambda *a, **k: pytest.fail("the completions cache should answer"))
+    moved = section.models[0].model_copy(update={"path": str(tmp_path / "copy")})
+    third = harness.generate_for_model(moved, rows, section, run_dir, None, need_logprobs=False)
+    assert [r["token_ids"] for r in third.main] == [r["token_ids"] for r in second.main]
+
+
+def test_prompts_longer_than_the_context_are_cut_from_the_left_and_counted(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    small = save_llama(tmp_path / "small", seed=0, max_position_embeddings=64)
+    out = tmp_path / "run"
+    recipe = eval_recipe(out, [{"name": "small", "path": small, "prompting": "fewshot"},
+                               {"name": "wide", "path": TINY}])  # few-shot prompts ~140 tokens, chat ~13
+    recipe["eval"]["prompt_limit"] = 3
+    recipe["eval"]["generation"].update({"max_new_tokens": 8, "diversity_samples": 0})
+    train(write(tmp_path / "eval.yaml", recipe), [])
+    report = json.loads((out / "report.json").read_text())
+    models = {m["name"]: m for m in report["models"]}
+    assert (models["small"]["truncated_prompts"], models["small"]["context"]) == (3, 64)
+    assert models["wide"]["truncated_prompts"] == 0
+    assert report["meta"]["warnings"] == ["3 of 3 prompts of small were cut from the left to fit its context "
+                                          "of 64 tokens"]
+    assert "warning: 3 of 3 prompts of small were cut" in (out / "report.md").read_text()
+    capsys.readouterr()
+
+    from alignkit.eval.harness import fit_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY)
+    long = Path(FEWSHOT).read_text().replace("{prompt}", "In which region is Bresbis?")
+    (cut,), n = fit_prompts(tokenizer, [long], 56)
+    assert n == 1 and cut.endswith("User: In which region is Bresbis?\nAssistant:")  # the end is kept
+    assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= 56
+    assert fit_prompts(tokenizer, [long], 1000) == ([long], 0)
+
+    # max_new_tokens that leaves no room for any prompt: refused before anything is generated.
+    recipe["output_dir"] = str(tmp_path / "refused")
+    recipe["eval"]["generation"]["max_new_tokens"] = 64
+    with pytest.raises(AlignkitError, match="max_new_tokens 64 leaves no room .* 'small'") as err:
+        train(write(tmp_path / "eval2.yaml", recipe), [])
+    assert err.value.where == "eval.generation.max_new_tokens"
+    assert not (tmp_path / "refused" / "completions").exists()
+
+
+def test_kl_against_a_reference_with_another_tokenizer_is_refused_before_generating(tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY)
+    tokenizer.add_tokens(["<extra-token>"])  # another vocabulary: ids no longer mean the same tokens
+    other = save_llama(tmp_path / "other-vocab", seed=0, tokenizer=tokenizer)
+    out = tmp_path / "run"
+    recipe = eval_recipe(out, [{"name": "ref", "path": other}, {"name": "policy", "path": TINY, "ref": "ref"}])
+    with pytest.raises(AlignkitError, match="'policy' and its KL reference 'ref' have different tokenizers") as err:
+        train(write(tmp_path / "eval.yaml", recipe), [])
+    assert err.value.where == "eval.models[1].ref"
+    assert not (out / "completions").exists()

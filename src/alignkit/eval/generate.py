@@ -24,6 +24,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+# Bumped whenever a completion record's fields change meaning (2: few-shot n_tokens count the stop),
+# so that cached completions of an older definition are regenerated rather than mixed in.
+COMPLETION_FORMAT = 2
 # A few-shot completion ends where the document would start the next turn.
 FEWSHOT_STOP = re.compile(r"\n\s*\n|\nUser:|\nAssistant:")
 FEWSHOT_STOP_STRINGS = ["\n\n", "\nUser:", "\nAssistant:"]
@@ -98,7 +101,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], sampling: Sampl
     """Sample one completion per prompt, in batches with left padding and the KV cache.
 
     Returns per prompt: text (special tokens removed, cut at EOS or, with `fewshot`, at the next
-    turn), token_ids, n_tokens, ended (EOS emitted or turn boundary seen), seed (of its batch).
+    turn), token_ids, n_tokens (the answer's tokens plus one when it ended: EOS or the turn boundary),
+    ended (EOS emitted or turn boundary seen), seed (of its batch).
     `seeds` gives one seed per batch; by default they are drawn from `sampling.seed`.
     """
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
@@ -146,9 +150,12 @@ def _completion(tokenizer: Any, row: list[int], fewshot: bool = False) -> dict[s
     text = tokenizer.decode([t for t in ids if t != eos], skip_special_tokens=True).strip()
     if fewshot:
         cut, at_turn = cut_fewshot(text)
-        if at_turn:  # count only the tokens of the answer itself, as if it had stopped there
+        if at_turn:  # the answer's own tokens, as if it had stopped there
             text, ended = cut, True
             ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+            # One length definition for every prompting style: answer tokens plus one stop token when
+            # the model stopped (EOS for chat; here the turn boundary), else the LC win rate is off by one.
+            return {"text": text, "token_ids": ids, "n_tokens": len(ids) + 1, "ended": ended}
     return {"text": text, "token_ids": ids, "n_tokens": len(ids), "ended": ended}
 
 

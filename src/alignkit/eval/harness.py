@@ -1,8 +1,10 @@
 """The eval stage: generate with every model, judge pairs in both orders, compute statistics, write reports.
 
 Run folder (besides the CLI's recipe.yaml and run.json):
-    completions/<model>.jsonl   every completion, keyed by prompt, sample and settings (resumable cache)
-    judgments/verdicts.jsonl    every verdict, keyed by judge, prompt and presentation (cache)
+    completions/<model>.jsonl   every completion, keyed by the model's content fingerprint, prompt, sample
+                                and settings (resumable cache)
+    judgments/verdicts.jsonl    every verdict, keyed by the judge's content, prompt and presentation (cache)
+    fingerprints.json           per-file digests of the model folders, so a rerun rehashes only changed files
     judgments.jsonl             the reconciled judgments table the statistics are computed from
     human/                      pairs for annotators (judge type human)
     report.json / report.md / report.html
@@ -27,7 +29,9 @@ from alignkit.config.base import DatasetSpec, ModelSection
 from alignkit.config.eval import EvalModel, EvalSection
 from alignkit.errors import AlignkitError
 from alignkit.eval import stats
+from alignkit.eval.fingerprint import Fingerprints
 from alignkit.eval.generate import (
+    COMPLETION_FORMAT,
     Job,
     JsonlCache,
     Sampling,
@@ -41,6 +45,7 @@ from alignkit.eval.report import render_markdown, write_report
 from alignkit.runio import RunDir, atomic_write_text, read_metrics
 
 log = logging.getLogger("alignkit.eval")
+FINGERPRINTS = "fingerprints.json"
 
 
 @dataclass
@@ -54,6 +59,8 @@ class ModelOutputs:
     candidates: list[list[dict[str, Any]]] = field(default_factory=list)  # best-of-n: n per prompt
     logprobs: list[float] | None = None  # policy log-probs of `main` (when the model names a ref)
     seconds: float = 0.0
+    truncated_prompts: int = 0  # prompts cut from the left to fit the model's context
+    context: int | None = None  # the model's max_position_embeddings
 
 
 # ---- prompts ------------------------------------------------------------------------------------------
@@ -135,15 +142,20 @@ def free(model: Any) -> None:
 
 
 def model_jobs(spec: EvalModel, rows: Sequence[dict[str, Any]], texts: Sequence[str], sampling: Sampling,
-               diversity: tuple[int, int]) -> list[Job]:
-    """Every completion one model needs: n candidates (best-of-n) or 1, plus diversity samples."""
+               diversity: tuple[int, int], fingerprint: str) -> list[Job]:
+    """Every completion one model needs: n candidates (best-of-n) or 1, plus diversity samples.
+
+    Keys hold the model's content `fingerprint`, not its path: a model replaced at the same path
+    generates afresh. The rendered prompt text (chat template included) is part of every key.
+    """
     n_main = spec.best_of_n or 1
     extra_samples, extra_prompts = (0, 0) if spec.best_of_n else diversity
     jobs = []
     for k, (row, text) in enumerate(zip(rows, texts, strict=True)):
         count = n_main + (extra_samples if k < extra_prompts else 0)
         for s in range(count):
-            key = settings_hash(spec.path, spec.prompting, sampling.settings(), row["id"], text, s)
+            key = settings_hash(COMPLETION_FORMAT, fingerprint, spec.prompting, sampling.settings(), row["id"],
+                                text, s)
             jobs.append(Job(row["id"], s, text, key))
     return jobs
 
@@ -158,22 +170,92 @@ def generate_for_model(spec: EvalModel, rows: Sequence[dict[str, Any]], section:
     tokenizer = load_tokenizer(ModelSection(name_or_path=spec.path), padding_side="left")
     texts = [render_prompt(tokenizer, r["prompt"], spec.prompting, fewshot_template) for r in rows]
     g = section.generation
-    jobs = model_jobs(spec, rows, texts, sampling, (g.diversity_samples, g.diversity_prompts))
+    context = context_length(spec.path)
+    texts, n_cut = fit_prompts(tokenizer, texts, prompt_budget(context, g.max_new_tokens, spec.name))
+    if n_cut:
+        log.warning("%s: %d of %d prompts cut from the left to fit its context of %d tokens", spec.name, n_cut,
+                    len(texts), context)
+    fingerprint = Fingerprints(run_dir.path / FINGERPRINTS)(spec.path)
+    jobs = model_jobs(spec, rows, texts, sampling, (g.diversity_samples, g.diversity_prompts), fingerprint)
     cache = JsonlCache(run_dir.path / "completions" / f"{spec.name}.jsonl")
     if all(cache.get(j.key) for j in jobs) and not need_logprobs:
         out = _collect(spec, [cache.get(j.key) for j in jobs], jobs, texts)
-        out.seconds = time.time() - start
+        out.seconds, out.truncated_prompts, out.context = time.time() - start, n_cut, context
         return out
     model, tokenizer = load_model(spec.path, tokenizer)
     records = generate_cached(model, tokenizer, jobs, sampling, cache, fewshot=spec.prompting == "fewshot",
                               desc=f"generating ({spec.name})")
     out = _collect(spec, records, jobs, texts)
+    out.truncated_prompts, out.context = n_cut, context
     if need_logprobs:
         out.logprobs = response_logprobs(model, tokenizer, texts, [r["token_ids"] for r in out.main],
                                          sampling.temperature, g.batch_size)
     free(model)
     out.seconds = time.time() - start
     return out
+
+
+def context_length(path: str) -> int | None:
+    """A model's context (max_position_embeddings, n_positions for GPT-2) from its config; None when unknown."""
+    from transformers import AutoConfig
+
+    from alignkit.models import adapter_base
+
+    try:
+        config = AutoConfig.from_pretrained(adapter_base(path) or path)
+    except (OSError, ValueError):
+        return None  # the model loader reports a folder it cannot load, with its own message
+    return getattr(config, "max_position_embeddings", None)
+
+
+def prompt_budget(context: int | None, max_new_tokens: int, name: str) -> int | None:
+    """How many prompt tokens fit beside max_new_tokens in the context; a one-line error when none do."""
+    if context is None:
+        return None
+    if max_new_tokens >= context:
+        raise AlignkitError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in model {name!r}'s "
+                            f"context of {context} tokens (max_position_embeddings)",
+                            where="eval.generation.max_new_tokens")
+    return context - max_new_tokens
+
+
+def fit_prompts(tokenizer: Any, texts: Sequence[str], budget: int | None) -> tuple[list[str], int]:
+    """Prompts longer than `budget` tokens cut from the left (the question and the generation prompt are at
+    the end, so the end is kept), and how many were cut."""
+    if budget is None:
+        return list(texts), 0
+    out, cut = [], 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= budget:
+            out.append(text)
+            continue
+        cut += 1
+        keep = budget
+        while True:  # decoding then re-encoding may merge tokens differently: shorten until it fits
+            tail = tokenizer.decode(ids[-keep:], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if keep <= 1 or len(tokenizer(tail, add_special_tokens=False)["input_ids"]) <= budget:
+                break
+            keep -= 1
+        out.append(tail)
+    return out, cut
+
+
+def preflight(section: EvalSection) -> None:
+    """What can be refused from configs and tokenizers alone, before any model generates."""
+    from alignkit.models import load_tokenizer, same_vocabulary
+
+    for m in section.models:
+        prompt_budget(context_length(m.path), section.generation.max_new_tokens, m.name)
+    paths = {m.name: m.path for m in section.models}
+    for i, m in enumerate(section.models):
+        if not m.ref:
+            continue
+        policy, ref = (load_tokenizer(ModelSection(name_or_path=paths[n])) for n in (m.name, m.ref))
+        if not same_vocabulary(policy, ref):
+            raise AlignkitError(f"model {m.name!r} and its KL reference {m.ref!r} have different tokenizers; "
+                                f"KL compares the log-probs of the same tokens, so the reference needs the same "
+                                f"vocabulary", where=f"eval.models[{i}].ref")
 
 
 def _collect(spec: EvalModel, records: list[dict[str, Any]], jobs: list[Job], texts: list[str]) -> ModelOutputs:
@@ -291,6 +373,7 @@ def model_row(out: ModelOutputs, rows: Sequence[dict[str, Any]], judge: Judge, r
         "distinct_1": stats.distinct_n(texts, 1), "distinct_2": stats.distinct_n(texts, 2),
         "sample_entropy": stats.sample_entropy(groups) if groups else None,
         "generation_seconds": round(out.seconds, 2),
+        "truncated_prompts": out.truncated_prompts, "context": out.context,
     }
 
 
@@ -311,11 +394,14 @@ def build_report(section: EvalSection, rows: list[dict[str, Any]], outputs: dict
     """The report dict in `alignkit.eval.report`'s schema."""
     n_boot = section.n_bootstrap
     return {
-        "meta": {"title": "Win-rate report", "judge": judge.cache_id(), "prompt_set": section.prompts,
+        "meta": {"title": "Win-rate report", "judge": judge.describe(), "prompt_set": section.prompts,
                  "n_prompts": len(rows), "generation": section.generation.model_dump(),
                  "seeds": {"generation": section.generation.seed, "bootstrap": seed},
                  "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "reference": section.reference,
-                 "unparsed_verdicts": getattr(judge, "unparsed", 0)},
+                 "unparsed_verdicts": getattr(judge, "unparsed", 0),
+                 "warnings": [f"{o.truncated_prompts} of {len(rows)} prompts of {name} were cut from the left "
+                              f"to fit its context of {o.context} tokens"
+                              for name, o in outputs.items() if o.truncated_prompts]},
         "models": [model_row(out, rows, judge, rewards.get(name), kls.get(name), n_boot, seed)
                    for name, out in outputs.items()],
         "pairs": pair_rows(judgments, pairs, n_boot, seed),
@@ -380,6 +466,7 @@ def run(recipe: Any, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     timing: dict[str, float] = {}
     start = time.time()
     rows = load_prompts(section)
+    preflight(section)
     needs_fewshot = any(m.prompting == "fewshot" for m in section.models)
     template = Path(section.fewshot_template).read_text() if needs_fewshot else None
     refs = {m.name for m in section.models if m.ref}
@@ -392,7 +479,8 @@ def run(recipe: Any, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     kls = kl_to_ref(outputs, section)
     timing["reward_kl_s"] = time.time() - t
     t = time.time()
-    judge = build_judge(section.judge, section.reward_model, seed=recipe.seed)
+    judge = build_judge(section.judge, section.reward_model, seed=recipe.seed,
+                        fingerprint=Fingerprints(run_dir.path / FINGERPRINTS))
     pairs = resolve_pairs(section)
     judgments = judge_pairs(judge, rows, outputs, pairs, run_dir)
     atomic_write_text(run_dir.path / "judgments.jsonl", "".join(json.dumps(j) + "\n" for j in judgments))

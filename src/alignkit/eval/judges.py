@@ -22,8 +22,8 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.eval.fingerprint import model_fingerprint
 from alignkit.eval.generate import JsonlCache, settings_hash
 from alignkit.eval.stats import reconcile_orders
 
@@ -75,8 +76,12 @@ class Judge:
     cacheable = True  # verdicts may be cached on disk and reused
 
     def cache_id(self) -> str:
-        """What identifies this judge's verdicts in the cache (never a secret)."""
+        """What identifies this judge's verdicts in the cache: its content, not its path (never a secret)."""
         return self.kind
+
+    def describe(self) -> str:
+        """The judge as the report names it."""
+        return self.cache_id()
 
     def compare(self, row: Mapping[str, Any], response_a: Any, response_b: Any) -> Verdict:
         """Which of two responses to `row` is better: "a", "b" or "tie"."""
@@ -85,6 +90,10 @@ class Judge:
     def compare_batch(self, items: Sequence[Item]) -> list[Verdict]:
         """Verdicts for many (row, a, b) presentations."""
         return [self.compare(row, a, b) for row, a, b in items]
+
+    def iter_verdicts(self, items: Sequence[Item]) -> Iterator[tuple[int, Verdict]]:
+        """(index, verdict) pairs as verdicts become known, so that each can be cached on arrival."""
+        yield from enumerate(self.compare_batch(items))
 
     def score(self, row: Mapping[str, Any], response: Any) -> float | None:
         """An absolute score of one response, where the judge has one."""
@@ -129,18 +138,23 @@ class RewardModelJudge(Judge):
 
     kind = "reward_model"
 
-    def __init__(self, scorer: Any, epsilon: float = 0.0, name: str = ""):
+    def __init__(self, scorer: Any, epsilon: float = 0.0, name: str = "", fingerprint: str = ""):
         self.scorer, self.epsilon, self.name = scorer, epsilon, name
+        self.fingerprint = fingerprint or name
 
     @classmethod
-    def from_pretrained(cls, path: str, epsilon: float = 0.0) -> RewardModelJudge:
+    def from_pretrained(cls, path: str, epsilon: float = 0.0,
+                        fingerprint: Callable[[str], str] = model_fingerprint) -> RewardModelJudge:
         """Load a reward model folder (full or adapter) as a judge."""
         from alignkit.reward_model import RewardScorer
 
-        return cls(RewardScorer.from_pretrained(path), epsilon, name=path)
+        return cls(RewardScorer.from_pretrained(path), epsilon, name=path, fingerprint=fingerprint(path))
 
     def cache_id(self) -> str:
-        return f"{self.kind}:{self.name}:{self.epsilon}"
+        return f"{self.kind}:{self.fingerprint}:{self.epsilon}"
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.name} (epsilon {self.epsilon})"
 
     def scores(self, rows: Sequence[Mapping[str, Any]], responses: Sequence[Response]) -> list[float]:
         """Reward-model scores of responses to rows, in one batched pass."""
@@ -211,22 +225,29 @@ class LocalLMJudge(Judge):
     LABELS: dict[str, str] = {"a": "A", "b": "B", "tie": "tie"}
 
     def __init__(self, model: Any, tokenizer: Any, template: str, mode: str = "logits",
-                 max_tokens: int = 16, batch_size: int = 16, name: str = ""):
+                 max_tokens: int = 16, batch_size: int = 16, name: str = "", fingerprint: str = ""):
         self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
         self.mode, self.max_tokens, self.batch_size, self.name = mode, max_tokens, batch_size, name
+        self.fingerprint = fingerprint or name
 
     @classmethod
-    def from_pretrained(cls, path: str, template: str, **kwargs: Any) -> LocalLMJudge:
+    def from_pretrained(cls, path: str, template: str, fingerprint: Callable[[str], str] = model_fingerprint,
+                        **kwargs: Any) -> LocalLMJudge:
         """Load the judge model and tokenizer through alignkit's one loader."""
         from alignkit.config.base import ModelSection
         from alignkit.models import load_causal_lm, load_tokenizer
 
         section = ModelSection(name_or_path=path)
         tokenizer = load_tokenizer(section, padding_side="left")
-        return cls(load_causal_lm(section, tokenizer=tokenizer), tokenizer, template, name=path, **kwargs)
+        return cls(load_causal_lm(section, tokenizer=tokenizer), tokenizer, template, name=path,
+                   fingerprint=fingerprint(path), **kwargs)
 
     def cache_id(self) -> str:
-        return f"{self.kind}:{self.name}:{self.mode}:{settings_hash(self.template)}"
+        # The judge's weights and tokenizer (fingerprint), template text and decoding settings decide a verdict.
+        return f"{self.kind}:{self.fingerprint}:{self.mode}:{self.max_tokens}:{settings_hash(self.template)}"
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.name} ({self.mode})"
 
     def judge_prompt(self, row: Mapping[str, Any], a: Response, b: Response) -> str:
         """The template filled in, wrapped in the chat template when the judge has one."""
@@ -306,9 +327,34 @@ class HTTPJudge(Judge):
     def cache_id(self) -> str:
         return f"{self.kind}:{self.url}:{self.model}:{settings_hash(self.template, self.options)}"
 
+    def describe(self) -> str:
+        return f"{self.kind}:{self.url} ({self.model})"
+
     def compare_batch(self, items: Sequence[Item]) -> list[Verdict]:
+        verdicts: dict[int, Verdict] = dict(self.iter_verdicts(items))
+        return [verdicts[k] for k in range(len(items))]
+
+    def iter_verdicts(self, items: Sequence[Item]) -> Iterator[tuple[int, Verdict]]:
+        """Verdicts in the order the endpoint answers; after a failure, requests not yet sent are cancelled,
+        those in flight are awaited and yielded (they are paid for), then the failure is raised."""
+        error: BaseException | None = None
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda item: self.compare(*item), items))
+            index: dict[Future, int] = {pool.submit(self.compare, *item): k for k, item in enumerate(items)}
+            pending = set(index)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if future.cancelled():
+                        continue
+                    if future.exception() is not None:
+                        if error is None:
+                            error = future.exception()
+                            for other in pending:
+                                other.cancel()
+                        continue
+                    yield index[future], future.result()
+        if error is not None:
+            raise error
 
     def compare(self, row: Mapping[str, Any], response_a: Any, response_b: Any) -> Verdict:
         a, b = as_response(response_a), as_response(response_b)
@@ -502,22 +548,26 @@ def cached_verdicts(judge: Judge, items: Sequence[Item], cache: JsonlCache | Non
     # One call per unique presentation: identical responses (e.g. greedy twins) are judged once.
     unique = list(dict.fromkeys(keys[k] for k in todo))
     first = {key: k for k, key in reversed(list(enumerate(keys)))}
-    fresh = judge.compare_batch([items[first[key]] for key in unique]) if unique else []
-    found = dict(zip(unique, fresh, strict=True))
-    if use_cache and found:
-        cache.add({"key": key, "verdict": v} for key, v in found.items())
+    found: dict[str, Verdict] = {}
+    # Each verdict is written as it arrives: when a later request fails, a rerun asks only for the rest
+    # (HTTP judges are paid per call).
+    for k, verdict in (judge.iter_verdicts([items[first[key]] for key in unique]) if unique else ()):
+        found[unique[k]] = verdict
+        if use_cache:
+            cache.add([{"key": unique[k], "verdict": verdict}])
     return [found[key] if key in found else cache.get(key)["verdict"] for key in keys]  # type: ignore[union-attr]
 
 
-def build_judge(section: Any, reward_model: str | None = None, seed: int = 0) -> Judge:
-    """The judge a recipe's `eval.judge` section asks for."""
+def build_judge(section: Any, reward_model: str | None = None, seed: int = 0,
+                fingerprint: Callable[[str], str] = model_fingerprint) -> Judge:
+    """The judge a recipe's `eval.judge` section asks for; `fingerprint` keys model judges by content."""
     if section.type == "oracle":
         return OracleJudge()
     if section.type == "reward_model":
-        return RewardModelJudge.from_pretrained(section.path or reward_model, section.epsilon)
+        return RewardModelJudge.from_pretrained(section.path or reward_model, section.epsilon, fingerprint)
     if section.type == "local_lm":
-        return LocalLMJudge.from_pretrained(section.path, load_template(section.template), mode=section.mode,
-                                            max_tokens=section.max_tokens)
+        return LocalLMJudge.from_pretrained(section.path, load_template(section.template), fingerprint,
+                                            mode=section.mode, max_tokens=section.max_tokens)
     if section.type == "http":
         return HTTPJudge(section.base_url, section.model, load_template(section.template), section.api_key_env,
                          section.timeout, section.max_retries, section.concurrency, section.max_tokens,

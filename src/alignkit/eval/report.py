@@ -9,13 +9,15 @@ intervals; a number that is unknown is None (NaN is written as null).
 
     meta:     {judge: str, prompt_set: str, n_prompts: int,
                generation: {max_new_tokens, temperature, top_p, ...}, seeds: {name: int},
-               date: str (ISO 8601), reference: str | None (the LC baseline), title: str (optional)}
+               date: str (ISO 8601), reference: str | None (the LC baseline), title: str (optional),
+               warnings: [str] (optional, e.g. prompts cut to fit a model's context)}
     models:   [{name, path, prompting (optional: chat/fewshot/raw),
                 mean_length, mean_length_ci: [low, high], eos_rate,
                 judge_score: float | None      (mean absolute score where the judge gives one, e.g. the oracle),
                 reward_mean: float | None, reward_ci: [low, high] | None,
                 kl_to_ref: float | None,
-                distinct_1, distinct_2, sample_entropy (nats) }]
+                distinct_1, distinct_2, sample_entropy (nats),
+                truncated_prompts: int (prompts cut from the left to fit the context), context: int | None }]
     pairs:    [stats.pair_summary rows: {model_a, model_b, n, wins, ties, losses, win_rate, ci_low, ci_high}
                + optional lc_win_rate, lc_ci_low, lc_ci_high (stats.length_controlled_win_rate)]
     ratings:  [stats.bradley_terry rows: {model, rating, ci_low, ci_high, n}], best first
@@ -136,6 +138,7 @@ def _meta_lines(meta: Mapping[str, Any]) -> list[str]:
             lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in meta[key].items()))
     if meta.get("date"):
         lines.append(f"date: {meta['date']}")
+    lines += [f"warning: {w}" for w in meta.get("warnings") or []]
     return lines
 
 
