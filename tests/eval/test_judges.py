@@ -200,6 +200,90 @@ def test_http_judge_errors_never_show_the_key(server, monkeypatch):
         dead.compare(row(0), GOOD, BAD)
 
 
+class FlakyHandler(JSONHandler):
+    """/v1/chat/completions that always answers A, except request number `fail_at`, answered HTTP 400."""
+
+    calls, fail_at = 0, 0
+    lock = threading.Lock()
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        with self.lock:
+            type(self).calls += 1
+            call = type(self).calls
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if call == self.fail_at:
+            return self.send_json(400, {"error": "quota exceeded"})
+        return self.send_json(200, {"choices": [{"message": {"role": "assistant", "content": "A"}}]})
+
+
+def test_http_verdicts_received_before_a_failure_are_kept_and_not_asked_again(tmp_path):
+    FlakyHandler.calls, FlakyHandler.fail_at = 0, 4
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FlakyHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    cache = tmp_path / "verdicts.jsonl"
+    try:
+        judge = HTTPJudge(url, "m", TEMPLATE, max_retries=0, concurrency=3)
+        with pytest.raises(AlignkitError, match="HTTP 400"):
+            judge_both_orders(judge, pairs(5), JsonlCache(cache))  # 10 presentations; the 4th request fails
+        first_run = FlakyHandler.calls
+        kept = len(cache.read_text().splitlines())
+        assert kept == first_run - 1 >= 3  # every answer that arrived is on disk (those in flight too)
+        out = judge_both_orders(HTTPJudge(url, "m", TEMPLATE, max_retries=0, concurrency=3), pairs(5),
+                                JsonlCache(cache))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert FlakyHandler.calls - first_run == 10 - kept  # the rerun asks only for the missing verdicts
+    assert len(out) == 5 and len(cache.read_text().splitlines()) == 10
+
+
+def save_reward_model(path: Path, seed: int) -> str:
+    """A tiny random Llama reward model (1 label) with the shipped tokenizer, saved at `path`."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "data" / "models" / "tiny-base")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+class Counting:
+    """Counts the presentations a judge is asked about."""
+
+    def __init__(self, judge):
+        self.judge, self.asked = judge, 0
+        inner = judge.compare_batch
+
+        def compare_batch(items):
+            self.asked += len(items)
+            return inner(items)
+
+        judge.compare_batch = compare_batch
+
+
+def test_reward_model_judge_replaced_at_the_same_path_is_asked_again(tmp_path):
+    from alignkit.config.eval import JudgeSection
+    from alignkit.eval.judges import build_judge
+
+    path = save_reward_model(tmp_path / "rm", seed=1)
+    section = JudgeSection(type="reward_model", path=path)
+    cache = tmp_path / "verdicts.jsonl"
+    first = Counting(build_judge(section))
+    judge_both_orders(first.judge, pairs(2), JsonlCache(cache))
+    again = Counting(build_judge(section))  # the same weights: every verdict comes from the cache
+    judge_both_orders(again.judge, pairs(2), JsonlCache(cache))
+    save_reward_model(tmp_path / "rm", seed=2)  # retrained in place
+    replaced = Counting(build_judge(section))
+    judge_both_orders(replaced.judge, pairs(2), JsonlCache(cache))
+    assert (first.asked, again.asked, replaced.asked) == (4, 0, 4)
+    assert replaced.judge.describe() == f"reward_model:{path} (epsilon 0.0)"
+
+
 # ---- humans ---------------------------------------------------------------------------------------------
 
 def annotate(pairs_csv: Path, key_jsonl: Path, out: Path, skip: int = 0) -> None:
