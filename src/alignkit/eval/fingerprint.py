@@ -6,12 +6,15 @@ decides the model's outputs (weights, config, generation config, tokenizer, chat
 adapter's base folder too). Hashing a multi-GB checkpoint takes seconds, so each file's digest is
 remembered on disk with its size, mtime, ctime and inode: a rerun rehashes only files that changed
 (ctime cannot be set back by tools that copy timestamps, so a replaced file is always rehashed).
+File times tick in steps of a few milliseconds, so a file written just before it was hashed could be
+rewritten with the same stamp: such "racy" digests are not remembered (git's racy-clean rule).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,8 @@ from alignkit.runio import atomic_write_text
 
 # Files that never change what a model generates (a model card rewritten after training).
 IGNORED_SUFFIXES = (".md",)
+# A file changed less than this long before it was hashed is hashed again next time.
+RACY_NS = 2_000_000_000
 
 
 def file_stamp(path: Path) -> list[int]:
@@ -64,8 +69,9 @@ class Fingerprints:
         if hit and hit.get("stamp") == stamp:
             return str(hit["digest"])
         digest = file_digest(path)
-        self.memo[key] = {"stamp": stamp, "digest": digest}
-        self._dirty = True
+        if time.time_ns() - max(stamp[1], stamp[2]) >= RACY_NS:
+            self.memo[key] = {"stamp": stamp, "digest": digest}
+            self._dirty = True
         return digest
 
     def __call__(self, path: str) -> str:
