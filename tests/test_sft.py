@@ -300,3 +300,17 @@ def test_shipped_sft_recipes_validate_and_their_templates_train_eos(path, tiny_t
                                              return_assistant_tokens_mask=True)
     trained = tiny_tokenizer.decode([t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m])
     assert trained.startswith("Eastvale.") and trained.endswith("The Ilsa.<|end_of_text|>")
+
+
+def test_template_without_generation_markers_trains_assistant_turns_only(tiny_model_dir, tmp_path):
+    """ChatML as shipped (no {% generation %}): TRL has no training variant, the mask comes from prefixes."""
+    from tests.data.test_templates import SHIPPED
+
+    data = write_jsonl(tmp_path / "one.jsonl", [CHAT_ROWS[0]])
+    recipe = sft_recipe(tiny_model_dir, data, tmp_path / "run",
+                        model={"chat_template": SHIPPED["chatml"], "max_length": 512})  # markers are text here
+    trainer = sft.build_trainer(recipe, RunDir(tmp_path / "run"))
+    tok = trainer.processing_class
+    labels = trainer.data_collator([trainer.train_dataset[0]])["labels"][0].tolist()
+    # Both assistant turns with their turn end, nothing of the system/user turns or the headers.
+    assert tok.decode([t for t in labels if t != -100]) == "Eastvale.<|im_end|>The Ilsa.<|im_end|>"
