@@ -51,10 +51,12 @@ def train(recipe_path: str, overrides: list[str], force: list[str] | None = None
 
 def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None) -> dict[str, Any]:
     """Run a validated recipe (the pipeline calls this for each step): preflight, folder, stage, marker last."""
+    from alignkit.config.base import resolve_precision
     from alignkit.preflight import preflight
     from alignkit.runio import RunDir
 
     preflight(recipe, training=True)  # before anything is written or any model loads
+    resolve_precision(recipe.train)  # train.bf16/fp16: true on a machine without it stops here, not after loading
     module = stage_module(recipe.stage)
     run_dir = RunDir(recipe.output_dir)
     main_process = _is_main_process()

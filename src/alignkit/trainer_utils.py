@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from alignkit.config import Recipe
+from alignkit.config.base import resolve_precision
 from alignkit.errors import AlignkitError
 from alignkit.runio import MetricsLogger, RunDir, atomic_dir
 
@@ -33,8 +34,7 @@ def training_kwargs(recipe: Recipe, run_dir: RunDir, has_eval: bool = False) -> 
         eval_strategy="steps" if has_eval and t.eval_steps else "no",
         eval_steps=t.eval_steps,
         gradient_checkpointing=t.gradient_checkpointing,
-        bf16=t.bf16,
-        fp16=t.fp16,
+        **resolve_precision(t),  # train.bf16/fp16 may be auto: decided for this machine
         report_to=t.report_to or "none",
         seed=recipe.seed,
         data_seed=recipe.seed,

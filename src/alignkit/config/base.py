@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alignkit.data.templates import check_template_setting
+from alignkit.errors import AlignkitError
 
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")
 
@@ -133,8 +134,8 @@ class TrainSection(Section):
     save_steps: int = Field(500, gt=0)
     save_total_limit: int | None = 2
     gradient_checkpointing: bool = False
-    bf16: bool = False
-    fp16: bool = False
+    bf16: bool | Literal["auto"] = Field(False, description="auto: bf16 where the device supports it, else fp32")
+    fp16: bool | Literal["auto"] = Field(False, description="auto: fp16 on an accelerator when bf16 is not used")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     resume_from_checkpoint: bool | str = Field(
         False, description="true: the newest checkpoint in output_dir; or a checkpoint path"
@@ -144,6 +145,26 @@ class TrainSection(Section):
     trainer_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments passed to the trainer's config as is"
     )
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> TrainSection:
+        if self.bf16 is True and self.fp16 is True:
+            raise ValueError("bf16 and fp16 are exclusive; set one (or both to auto)")
+        return self
+
+
+def resolve_precision(train: TrainSection) -> dict[str, bool]:
+    """TrainingArguments' bf16/fp16 on this machine; an explicit true the device cannot do names its key."""
+    # Imported here, not at the top: `alignkit validate` reads recipes without loading torch.
+    from transformers.utils import is_torch_accelerator_available, is_torch_bf16_gpu_available
+
+    bf16_ok, fp16_ok = is_torch_bf16_gpu_available(), is_torch_accelerator_available()
+    for key, value, ok in (("bf16", train.bf16, bf16_ok), ("fp16", train.fp16, fp16_ok)):
+        if value is True and not ok:
+            raise AlignkitError(f"this machine cannot train in {key} (no GPU with {key} support); set it to auto "
+                                f"({key} where supported, else float32) or false", where=f"train.{key}")
+    bf16 = train.bf16 is True or (train.bf16 == "auto" and bf16_ok and train.fp16 is not True)
+    return {"bf16": bf16, "fp16": train.fp16 is True or (train.fp16 == "auto" and fp16_ok and not bf16)}
 
 
 class HubSection(Section):
