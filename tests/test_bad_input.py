@@ -10,8 +10,10 @@ the single-process cases.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -56,8 +58,9 @@ class Case:
     id: str
     argv: list[str]
     expect: tuple[str, ...]
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str | bytes] = field(default_factory=dict)
     heavy: bool = False  # fails inside a stage module (needs torch), not in recipe validation
+    untouched: bool = False  # caught by the preflight: nothing at all is created, changed or removed under {d}
 
 
 def sft(*overrides: str) -> list[str]:
@@ -65,12 +68,38 @@ def sft(*overrides: str) -> list[str]:
 
 
 def sft_data(name: str, *overrides: str) -> list[str]:
-    return sft(f"data.datasets.0.path={{d}}/{name}", *overrides)
+    # No held-out share: the preflight would rightly refuse holding out 5% of these one-row files first.
+    return sft(f"data.datasets.0.path={{d}}/{name}", "data.eval_split_size=0", *overrides)
 
 
 def recipe(name: str = "recipe.yaml", *overrides: str) -> list[str]:
     return ["train", f"{{d}}/{name}", *overrides]
 
+
+def merge(adapter: str, out: str) -> list[str]:
+    return ["merge", f"{{d}}/{adapter}", "--out", f"{{d}}/{out}"]
+
+
+def adapter_config(base: str = "data/models/tiny-base") -> str:
+    return json.dumps({"base_model_name_or_path": base, "peft_type": "LORA", "r": 4})
+
+
+def safetensors_bytes(data_bytes: int) -> bytes:
+    """A one-tensor safetensors file (4 float32 = 16 data bytes) holding only `data_bytes` of its data."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * data_bytes
+
+
+PIPELINE = """stage: pipeline
+output_dir: {d}/out
+pipeline:
+  steps:
+    - {{name: sft, recipe: recipes/sft_lora.yaml}}
+    - name: dpo
+      recipe: recipes/dpo.yaml
+      overrides: [{override}]
+"""
+DUPLICATE_TRAIN = SFT + "train: {{max_steps: 2}}\ntrain: {{learning_rate: 1.0e-4}}\n"
 
 LIGHT = [
     Case("unknown_key", sft("train.learnin_rate=1e-4"),
@@ -127,7 +156,80 @@ LIGHT = [
     Case("eval_http_judge_without_url", recipe("recipe.yaml", "eval.judge.type=http"),
          ("eval.judge: judge type http needs judge.base_url and judge.model",),
          {"recipe.yaml": EVAL.replace("{more}", "    - {{name: sft, path: data/models/tiny-sft}}")}),
+    Case("duplicate_section", recipe(), ("recipe.yaml:6: not valid YAML (duplicate key 'train' (first given on line 5))",),
+         {"recipe.yaml": DUPLICATE_TRAIN}),
+    Case("duplicate_nested_key", recipe(), ("recipe.yaml:7: not valid YAML (duplicate key 'max_steps' (first given on line 6))",),
+         {"recipe.yaml": SFT + "train:\n  max_steps: 2\n  max_steps: 20\n"}),
+    Case("override_not_yaml", sft("train.learning_rate=[1,"),
+         ("override train.learning_rate=[1,: the value is not valid YAML",)),
 ]
+
+PREFLIGHT = [
+    Case("merge_out_is_the_run_holding_the_adapter", merge("out/model", "out"),
+         ("merge output {d}/out: contains the adapter folder",), {"out/model/adapter_config.json": adapter_config()}),
+    Case("merge_out_holds_other_runs", merge("adapter", "out"),
+         ("merge output {d}/out: is not empty and is not an earlier merge output",),
+         {"adapter/adapter_config.json": adapter_config(), "out/sft/run.json": "{}\n"}),
+    Case("merge_out_is_the_adapter", merge("out", "out"), ("merge output {d}/out: is the adapter folder",),
+         {"out/adapter_config.json": adapter_config()}),
+    Case("merge_out_inside_the_base", merge("adapter", "out/merged"),
+         ("merge output {d}/out/merged: is inside the adapter's base model",),
+         {"adapter/adapter_config.json": adapter_config("{d}/out"), "out/config.json": "{}\n"}),
+    Case("output_dir_is_the_model", sft("model.name_or_path={d}/out"),
+         ("output_dir: {d}/out: is the input of model.name_or_path",)),
+    Case("output_dir_holds_the_model", sft("output_dir={d}", "model.name_or_path={d}/out"),
+         ("output_dir: {d}: contains the input of model.name_or_path",)),
+    Case("output_dir_inside_the_model", sft("output_dir={d}/out/run", "model.name_or_path={d}/out"),
+         ("output_dir: {d}/out/run: is inside the input of model.name_or_path",)),
+    Case("output_dir_holds_the_data", sft("output_dir={d}", "data.datasets.0.path={d}/out/chat.jsonl"),
+         ("output_dir: {d}: contains the input of data.datasets.0.path",), {"out/chat.jsonl": jsonl(MSG)}),
+    Case("output_dir_holds_the_reward_model", ["train", "recipes/ppo.yaml", "output_dir={d}",
+                                               "ppo.reward_model={d}/out"],
+         ("output_dir: {d}: contains the input of ppo.reward_model",)),
+    Case("eval_output_inside_a_contestant", recipe("recipe.yaml", "output_dir={d}/out/eval"),
+         ("output_dir: {d}/out/eval: is inside the input of eval.models.1.path",),
+         {"recipe.yaml": EVAL.replace("{more}", "    - {{name: mine, path: {d}/out}}")}),
+    Case("unknown_lr_scheduler", sft("train.lr_scheduler_type=cosine_decay"),
+         ("train.lr_scheduler_type: unknown value 'cosine_decay' (transformers knows: linear, cosine",)),
+    Case("unknown_optimizer", sft("train.optim=adamw"), ("train.optim: unknown value 'adamw'",)),
+    Case("unknown_report_to", sft("train.report_to=[tensorbord]"),
+         ("train.report_to: unknown logging backend 'tensorbord'",)),
+    Case("report_to_not_installed", sft("train.report_to=[tensorboard, wandb]"),
+         ("train.report_to: logging backend 'wandb' is not installed",)),
+    Case("unknown_attn_implementation", sft("model.attn_implementation=flash"),
+         ("model.attn_implementation: unknown attention implementation 'flash' (one of eager, ",)),
+    Case("flash_attention_unavailable", sft("model.attn_implementation=flash_attention_2"),
+         ("model.attn_implementation: flash_attention_2 needs a CUDA GPU and its flash-attn package",)),
+    Case("ppo_rollout_not_a_multiple_of_mini_batch", ["train", "recipes/ppo.yaml", "output_dir={d}/out",
+                                                      "ppo.rollout_batch_size=10", "ppo.mini_batch_size=4"],
+         ("ppo.rollout_batch_size: rollout_batch_size 10 is not a multiple of mini_batch_size 4",)),
+    Case("pipeline_unknown_step", recipe(),
+         ("pipeline.steps.1 (recipes/dpo.yaml).model.name_or_path: ${steps.sfft.output} names no earlier step "
+          "(earlier: sft)",),
+         {"recipe.yaml": PIPELINE.replace("{override}", "'model.name_or_path=${{steps.sfft.output}}'")}),
+    Case("pipeline_later_step_preflighted_first", recipe(), ("train.optim: unknown value 'adam'",),
+         {"recipe.yaml": PIPELINE.replace("{override}", "train.optim=adam")}),
+    Case("data_not_utf8", sft_data("latin1.jsonl"),
+         ("data.datasets.0.path: {d}/latin1.jsonl:2: not UTF-8 text (byte 0xe9 at offset",),
+         {"latin1.jsonl": (jsonl(MSG) + json.dumps({"messages": [{"role": "user", "content": "Café?"},
+                                                               {"role": "assistant", "content": "Oui."}]},
+                                                 ensure_ascii=False) + "\n").encode("latin-1")}),
+    Case("eval_split_leaves_no_training_rows", sft_data("one.jsonl", "data.eval_split_size=0.1"),
+         ("data.eval_split_size: holding out 0.1 of 1 row(s) leaves no training rows",), {"one.jsonl": jsonl(MSG)}),
+    Case("dpo_eval_split_of_one_ranking", ["train", "recipes/dpo.yaml", "output_dir={d}/out", "data.eval_datasets=[]",
+                                           "data.datasets.0.path={d}/one.jsonl", "data.eval_split_size=0.5"],
+         ("data.eval_split_size: holding out 0.5 of 1 row(s) leaves no training rows",),
+         {"one.jsonl": jsonl(prompt_ranking(["Ilsa.", "Oder."], [0, 1]))}),
+    Case("truncated_safetensors", sft("model.name_or_path={d}/model"),
+         ("model.name_or_path: {d}/model/model.safetensors: truncated: the header needs",),
+         {"model/config.json": "{}\n", "model/model.safetensors": safetensors_bytes(8)}),
+    Case("push_on_finish_offline", sft("hub.repo_id=someone/tiny", "hub.push_on_finish=true"),
+         ("hub.push_on_finish: cannot push in offline mode (HF_HUB_OFFLINE=1)",)),
+]
+if importlib.util.find_spec("flash_attn") is not None:  # a GPU machine with flash-attn: the case holds no error
+    PREFLIGHT = [c for c in PREFLIGHT if c.id != "flash_attention_unavailable"]
+for _case in PREFLIGHT:
+    _case.untouched = True
 
 HEAVY = [
     Case("finished_run_in_output_dir", sft(), ("output_dir: {d}/out: already holds a finished run",)),
@@ -206,6 +308,7 @@ HEAVY = [
                                         "data.datasets.0.max_samples=10"],
          ("pretrain.eval_holdout_documents: holds 10 documents, fewer than the held-out 300",)),
 ]
+HEAVY += PREFLIGHT  # the preflight imports transformers (torch): one process for all of them
 for _case in HEAVY:
     _case.heavy = True
 CASES = {c.id: c for c in LIGHT + HEAVY}
@@ -223,7 +326,10 @@ def _prepare(case: Case, root: Path) -> tuple[list[str], Path]:
     (out / "notes.txt").write_bytes(SENTINEL)
     for name, text in case.files.items():
         (d / name).parent.mkdir(parents=True, exist_ok=True)
-        (d / name).write_text(text.format(d=d) if name.endswith(".yaml") else text)
+        if isinstance(text, bytes):
+            (d / name).write_bytes(text)
+        else:
+            (d / name).write_text(text.format(d=d) if name.endswith(".yaml") else _fill(text, d))
     if case.id == "finished_run_in_output_dir":
         (out / "run.json").write_text('{"status": "complete"}\n')
         (out / "model").mkdir()
@@ -234,6 +340,11 @@ def _prepare(case: Case, root: Path) -> tuple[list[str], Path]:
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every file (with its bytes) and folder (None) under `folder`."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
 DRIVER = """
@@ -257,10 +368,12 @@ class HeavyBatch:
     def __init__(self, root: Path):
         self.root = root
         self.before: dict[str, dict[str, bytes]] = {}
+        self.trees: dict[str, dict[str, bytes | None]] = {}
         plan = []
         for case in HEAVY:
             argv, d = _prepare(case, root)
             self.before[case.id] = _snapshot(d / "out")
+            self.trees[case.id] = _tree(d)
             plan.append({"id": case.id, "argv": argv})
         (root / "plan.json").write_text(json.dumps(plan))
         env = {**ENV, "HF_DATASETS_CACHE": str(root / "hf_datasets_cache")}
@@ -317,9 +430,11 @@ def test_stage_input_error_is_one_line(case: Case, heavy: HeavyBatch) -> None:
     rc, stderr = heavy.result(case.id)
     d = heavy.root / case.id
     _check(case, rc, stderr, d, heavy.before[case.id])
+    if case.untouched:
+        assert _tree(d) == heavy.trees[case.id], "the preflight must not create, change or remove anything"
     if case.id == "finished_run_in_output_dir":
         assert _snapshot(d / "out") == heavy.before[case.id], "a finished run must keep its bytes"
 
 
 def test_cases_are_many_and_named_uniquely() -> None:
-    assert len(CASES) == len(LIGHT) + len(HEAVY) >= 30
+    assert len(CASES) == len(LIGHT) + len(HEAVY) >= 30 + 27

@@ -77,13 +77,56 @@ class Recipe(Section):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges are meant to be overridden by the mapping's own keys
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # unhashable key: SafeLoader reports it itself
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load semantics (no tags, no objects), but a duplicate key is an error."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no tags, no objects
+
+
+# Jinja (a chat template) starts like a YAML flow mapping; such override values are taken verbatim.
+JINJA_MARKERS = ("{%", "{{", "{#")
+
+
+def parse_override_value(text: str, raw: str) -> Any:
+    """An override's value parsed as YAML; Jinja text stays a plain string; anything else is a one-line error."""
+    if raw == "":
+        return ""
+    if raw.lstrip().startswith(JINJA_MARKERS):
+        return raw
+    try:
+        return safe_load(raw)
+    except yaml.YAMLError as exc:
+        if any(m in raw for m in JINJA_MARKERS):
+            return raw
+        raise AlignkitError(f"the value is not valid YAML ({getattr(exc, 'problem', None) or exc})",
+                            where=f"override {text}") from None
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise AlignkitError("overrides look like key.subkey=value", where=text)
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise AlignkitError("bad override key", where=text)
-    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+    return key.split("."), parse_override_value(text, raw)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -148,12 +191,12 @@ def format_validation_error(err: ValidationError, source: str) -> AlignkitError:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with yaml.safe_load (never yaml.load)."""
+    """Read a YAML mapping with safe_load semantics (never yaml.load's full loader); duplicate keys are errors."""
     path = Path(path)
     if not path.is_file():
         raise AlignkitError("recipe file not found", where=str(path))
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
