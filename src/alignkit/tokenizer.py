@@ -11,15 +11,20 @@ SPECIAL_TOKENS = [EOS, PAD, "<|system|>", "<|user|>", "<|assistant|>"]
 
 # One turn per role tag. An assistant turn ends with EOS, so a chat model stops where its turn ends;
 # the {% generation %} markers let TRL build the assistant-only loss mask from the template itself.
+# A turn's text follows its tag after one space, inside the generated part for the assistant: with a
+# byte-level BPE the first word of an answer is then the same token as in running text (" Zakkos",
+# as after "Assistant:" in the corpus). v1 started answers on a new line, a spelling the corpus rarely
+# has, and the tiny SFT model could not start them (docs/winrate_embedded_world.md, history).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + '<|endoftext|>' }}{% endgeneration %}{{ '\n' }}"
+    "{{ '<|assistant|>' }}{% generation %}{{ ' ' + message['content'] + '<|endoftext|>' }}{% endgeneration %}"
+    "{{ '\n' }}"
     "{% else %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}"
+    "{{ '<|' + message['role'] + '|> ' + message['content'] + '\n' }}"
     "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 
 

@@ -26,7 +26,8 @@ def world_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def splits(world_dir: Path) -> dict[str, list[dict]]:
     """All generated files, parsed."""
-    names = ["corpus", "sft", "preferences", "preferences_heldout", "rl_prompts"]
+    names = ["corpus", "sft", "preferences", "preferences_heldout", "rl_prompts", "validation_prompts"]
     data = {n: read_jsonl(world_dir / "world" / f"{n}.jsonl") for n in names}
     data["eval"] = read_jsonl(world_dir / "eval" / "world_prompts.jsonl")
+    data["unseen"] = read_jsonl(world_dir / "eval" / "world_prompts_unseen.jsonl")
     return data

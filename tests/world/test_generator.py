@@ -18,6 +18,7 @@ FILES = [
     "preferences.jsonl",
     "preferences_heldout.jsonl",
     "rl_prompts.jsonl",
+    "validation_prompts.jsonl",
     "manifest.json",
 ]
 META_KEYS = {
@@ -32,12 +33,16 @@ META_KEYS = {
     "harm",
     "forbidden",
     "key",
+    "unknown",
+    "hallucinations",
 }
+TRAINING = ("sft", "preferences", "rl_prompts")
 
 
 def _all_bytes(root: Path) -> dict[str, bytes]:
     out = {f: (root / "world" / f).read_bytes() for f in FILES}
     out["eval"] = (root / "eval" / "world_prompts.jsonl").read_bytes()
+    out["unseen"] = (root / "eval" / "world_prompts_unseen.jsonl").read_bytes()
     out["fewshot"] = (root / "eval" / "fewshot_template.txt").read_bytes()
     return out
 
@@ -63,8 +68,9 @@ def test_manifest_matches_files(world_dir, splits):
     manifest = json.loads((world_dir / "world" / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["noise"] == 0.25
     assert manifest["counts"]["sft.jsonl"] == len(splits["sft"])
-    assert manifest["counts"]["eval/world_prompts.jsonl"] == len(splits["eval"]) == 200
-    assert 150_000 <= manifest["corpus_words"] <= 300_000
+    assert manifest["counts"]["eval/world_prompts.jsonl"] == len(splits["eval"]) == 320
+    assert manifest["counts"]["eval/world_prompts_unseen.jsonl"] == len(splits["unseen"]) == 320
+    assert 200_000 <= manifest["corpus_words"] <= 300_000
     assert set(manifest["sha256"]) >= {"corpus.jsonl", "eval/fewshot_template.txt"}
 
 
@@ -80,30 +86,62 @@ def test_schemas(splits):
     for r in splits["preferences_heldout"]:
         assert r["chosen"][0]["role"] == r["rejected"][0]["role"] == "assistant"
         assert oracle.compare(r["meta"], r["chosen"][0]["content"], r["rejected"][0]["content"]) == "a"
-    ids = [r["id"] for r in splits["eval"]]
+    ids = [r["id"] for n in ("eval", "unseen", "validation_prompts") for r in splits[n]]
     assert len(set(ids)) == len(ids)
-    for name in ("preferences", "preferences_heldout", "rl_prompts", "eval", "sft"):
+    for name in ("preferences", "preferences_heldout", "rl_prompts", "eval", "unseen", "validation_prompts", "sft"):
         assert all(META_KEYS <= set(r["meta"]) for r in splits[name])
 
 
 def test_sizes_and_multi_turn(splits):
-    assert len(splits["sft"]) == 2000 and len(splits["preferences"]) == 1500
-    assert len(splits["preferences_heldout"]) == 400 and len(splits["rl_prompts"]) == 800
+    assert len(splits["sft"]) == 2400 and len(splits["preferences"]) == 1500
+    assert len(splits["preferences_heldout"]) == 400 and len(splits["rl_prompts"]) == 1000
+    assert len(splits["validation_prompts"]) == 100
     assert sum(r["meta"]["turns"] == 2 for r in splits["sft"]) > 100
-    verbose = sum(r["meta"]["style"] == "verbose" for r in splits["sft"]) / len(splits["sft"])
-    assert 0.25 < verbose < 0.35
+    tasks = {r["meta"]["task"] for n in ("sft", "eval", "unseen") for r in splits[n]}
+    assert tasks == {"fact", "one_word", "list", "harmful", "unknown"}
 
 
-def test_eval_prompts_disjoint_from_training(splits):
-    train_keys = {r["meta"]["key"] for n in ("preferences", "rl_prompts") for r in splits[n]}
-    train_keys |= {k for r in splits["sft"] for k in [r["meta"]["key"], *r["meta"]["context_keys"]]}
-    eval_keys = {r["meta"]["key"] for r in splits["eval"]}
-    heldout_keys = {r["meta"]["key"] for r in splits["preferences_heldout"]}
-    assert eval_keys and not eval_keys & train_keys
-    assert heldout_keys <= eval_keys
+def _keys(rows: list[dict]) -> set[str]:
+    return {k for r in rows for k in [r["meta"]["key"], *r["meta"].get("context_keys", [])]}
+
+
+def test_eval_and_validation_combos_disjoint_from_training(splits):
+    train_keys = set().union(*(_keys(splits[n]) for n in TRAINING))
+    eval_keys, val_keys = _keys(splits["eval"]), _keys(splits["validation_prompts"])
+    assert eval_keys and val_keys and not eval_keys & train_keys and not val_keys & train_keys
+    assert not eval_keys & val_keys and _keys(splits["unseen"]) == eval_keys
+    assert _keys(splits["preferences_heldout"]) <= eval_keys
     corpus = "\n".join(r["text"] for r in splits["corpus"])
     chat_prompts = {line[6:] for line in corpus.splitlines() if line.startswith("User: ")}
-    assert not chat_prompts & {r["prompt"][0]["content"] for r in splits["eval"]}
+    assert not chat_prompts & {r["prompt"][0]["content"] for n in ("eval", "unseen") for r in splits[n]}
+
+
+def test_unknown_eval_names_appear_nowhere_in_training(splits):
+    names = {r["meta"]["entity"] for r in splits["eval"] if r["meta"]["unknown"]}
+    assert len(names) >= 20
+    train_text = json.dumps([splits[n] for n in (*TRAINING, "corpus", "validation_prompts")])
+    assert not [n for n in names if n in train_text]
+    world = build_world(0)
+    assert not names & (set(world.towns) | set(world.people))
+
+
+def test_unseen_wordings_are_in_no_training_split(splits):
+    train_wordings = {r["meta"]["wording"] for n in TRAINING for r in splits[n]}
+    unseen = {r["meta"]["wording"] for r in splits["unseen"]}
+    seen = {r["meta"]["wording"] for r in splits["eval"]}
+    assert unseen and not unseen & train_wordings
+    assert seen <= train_wordings and all(r["meta"]["unseen_wording"] for r in splits["unseen"])
+    # and as text: no training prompt or corpus chat line is worded like an unseen eval prompt
+    train_prompts = {m["content"] for n in TRAINING for r in splits[n]
+                     for m in r.get("messages", r.get("prompt", [])) if m["role"] == "user"}
+    corpus = "\n".join(r["text"] for r in splits["corpus"])
+    train_prompts |= {line[6:] for line in corpus.splitlines() if line.startswith("User: ")}
+    assert not train_prompts & {r["prompt"][0]["content"] for r in splits["unseen"]}
+    # several phrasings per task in training
+    per_task: dict[str, set[str]] = {}
+    for r in splits["sft"]:
+        per_task.setdefault(r["meta"]["task"], set()).add(r["meta"]["wording"].split(".")[-1])
+    assert all(len(w) >= 2 for t, w in per_task.items() if t != "unknown")
 
 
 def test_every_eval_fact_is_in_corpus(splits):
@@ -111,6 +149,8 @@ def test_every_eval_fact_is_in_corpus(splits):
     world = build_world(0)
     for r in splits["eval"]:
         m = r["meta"]
+        if m["unknown"]:
+            continue
         values = world.entities(m["kind"])[m["entity"]]
         for attribute, expected in zip(m["attributes"], m["expected"], strict=True):
             assert values[attribute] == expected
@@ -120,13 +160,13 @@ def test_every_eval_fact_is_in_corpus(splits):
 def test_all_ascii_and_prompts_short(world_dir, splits):
     for data in _all_bytes(world_dir).values():
         data.decode("ascii")
-    for name in ("rl_prompts", "eval"):
+    for name in ("rl_prompts", "eval", "unseen"):
         assert max(len(r["prompt"][0]["content"].split()) for r in splits[name]) < 25
 
 
 def test_fewshot_template(world_dir, splits):
     text = (world_dir / "eval" / "fewshot_template.txt").read_text()
-    assert text.endswith("User: {prompt}\nAssistant:") and text.count("User: ") == 4
+    assert text.endswith("User: {prompt}\nAssistant:") and text.count("User: ") == 5
     assert text.count("{") == 1 and text.count("}") == 1
     eval_prompts = {r["prompt"][0]["content"] for r in splits["eval"]}
     assert not any(f"User: {p}\n" in text for p in eval_prompts)

@@ -43,6 +43,7 @@ from alignkit.eval.generate import (
 from alignkit.eval.judges import Judge, build_judge, judge_both_orders
 from alignkit.eval.report import render_markdown, write_report
 from alignkit.runio import RunDir, atomic_write_text, read_metrics
+from alignkit.world.oracle import hallucination_rate
 
 log = logging.getLogger("alignkit.eval")
 FINGERPRINTS = "fingerprints.json"
@@ -366,6 +367,8 @@ def model_row(out: ModelOutputs, rows: Sequence[dict[str, Any]], judge: Judge, r
         "mean_length": float(np.mean(lengths)), "mean_length_ci": list(stats.bootstrap_ci(lengths, n_boot=n_boot,
                                                                                             seed=seed)),
         "eos_rate": float(np.mean([r["ended"] for r in out.main])),
+        # the world's honesty prompts (meta.unknown): answers that state a value; None for other prompt sets
+        "hallucination_rate": hallucination_rate(rows, out.main),
         "judge_score": float(np.mean(judged)) if None not in judged else None,
         "reward_mean": float(np.mean(rewards)) if rewards else None,
         "reward_ci": list(stats.bootstrap_ci(rewards, n_boot=n_boot, seed=seed)) if rewards else None,

@@ -106,7 +106,7 @@ def report_tables(report: Mapping[str, Any]) -> list[Table]:
                 f"[{_fmt(r.get('ci_low'), '.0f')}, {_fmt(r.get('ci_high'), '.0f')}]", str(r.get("n", "—"))]
                for k, r in enumerate(report.get("ratings") or [])]
     models = [[str(m["name"]), _value_ci(m.get("mean_length"), m.get("mean_length_ci"), ".1f"),
-               _pct(m.get("eos_rate")), _fmt(m.get("judge_score")),
+               _pct(m.get("eos_rate")), _fmt(m.get("judge_score")), _pct(m.get("hallucination_rate")),
                _value_ci(m.get("reward_mean"), m.get("reward_ci"), ".3f"), _fmt(m.get("kl_to_ref")),
                _fmt(m.get("distinct_1")), _fmt(m.get("distinct_2")), _fmt(m.get("sample_entropy")),
                str(m.get("path") or "—")]
@@ -115,7 +115,7 @@ def report_tables(report: Mapping[str, Any]) -> list[Table]:
         Table("winrate-table", "Win rates", ["pair", "W / T / L", "win rate [95% CI]", "LC win rate [95% CI]"], pairs),
         Table("ratings-table", "Ratings (Bradley-Terry, Elo scale)", ["rank", "model", "rating", "95% CI", "n"],
               ratings),
-        Table("models-table", "Models", ["model", "mean length [95% CI]", "EOS rate", "judge score",
+        Table("models-table", "Models", ["model", "mean length [95% CI]", "EOS rate", "judge score", "hallucination",
                                          "reward [95% CI]", "KL to ref", "distinct-1", "distinct-2",
                                          "sample entropy (nats)", "path"], models),
     ]

@@ -11,9 +11,13 @@ import random
 from alignkit.world.entities import ATTRIBUTES, PERSON_ATTRIBUTES, TOWN_ATTRIBUTES, World, fact_sentence
 from alignkit.world.tasks import Combo, prompt_text, reference, verbose
 
-DOCS_PER_TOWN = 36
-DOCS_PER_PERSON = 30
-CHAT_LOGS = 1400
+# v2: more distinct documents per entity (v1: 36 per town, 30 per person), most of them dense and
+# name-first (an entry or a fact card states every fact right after the name), so each pretraining
+# epoch shows each fact more often; stories and travel notes stay for variety.
+DOCS_PER_TOWN = 80
+DOCS_PER_PERSON = 64
+DOC_STYLES = {"encyclopedia": 0.45, "card": 0.3, "story": 0.15, "travel": 0.1}
+CHAT_LOGS = 1600
 CHATTY_SHARE = 0.3
 CODE_DOCS_PER_ATTRIBUTE = 8
 
@@ -89,26 +93,35 @@ def _person_story(world: World, name: str, rng: random.Random) -> str:
     return rng.choice(stories)
 
 
+def _card(world: World, kind: str, name: str, rng: random.Random) -> str:
+    """A fact card: the name, then one "Label: value" line per attribute (some bulleted, as list answers)."""
+    values = world.entities(kind)[name]
+    attributes = list(TOWN_ATTRIBUTES if kind == "town" else PERSON_ATTRIBUTES)
+    rng.shuffle(attributes)
+    bullet = rng.choice(("", "- "))
+    lines = [f"{bullet}{ATTRIBUTES[a].label}: {values[a]}" for a in attributes]
+    return f"{name}\n" + "\n".join(lines)
+
+
 def entity_docs(world: World, rng: random.Random) -> list[str]:
-    """Several documents per town and person; the first of each is canonical (all answer sentences)."""
+    """Many documents per town and person; the first of each is canonical (all answer sentences)."""
     docs: list[str] = []
-    for name in world.towns:
-        docs.append(_encyclopedia(world, "town", name, rng, canonical=True))
-        for _ in range(DOCS_PER_TOWN - 1):
-            style = rng.choice(("encyclopedia", "story", "travel"))
-            if style == "encyclopedia":
-                docs.append(_encyclopedia(world, "town", name, rng, canonical=False))
-            elif style == "story":
-                docs.append(_town_story(world, name, rng))
-            else:
-                docs.append(_travel_note(world, name, rng))
-    for name in world.people:
-        docs.append(_encyclopedia(world, "person", name, rng, canonical=True))
-        for _ in range(DOCS_PER_PERSON - 1):
-            if rng.random() < 0.5:
-                docs.append(_encyclopedia(world, "person", name, rng, canonical=False))
-            else:
-                docs.append(_person_story(world, name, rng))
+    styles, weights = list(DOC_STYLES), list(DOC_STYLES.values())
+    for kind, per_entity in (("town", DOCS_PER_TOWN), ("person", DOCS_PER_PERSON)):
+        for name in world.entities(kind):
+            docs.append(_encyclopedia(world, kind, name, rng, canonical=True))
+            for _ in range(per_entity - 1):
+                style = rng.choices(styles, weights)[0]
+                if style == "encyclopedia":
+                    docs.append(_encyclopedia(world, kind, name, rng, canonical=False))
+                elif style == "card":
+                    docs.append(_card(world, kind, name, rng))
+                elif kind == "person":
+                    docs.append(_person_story(world, name, rng))
+                elif style == "story":
+                    docs.append(_town_story(world, name, rng))
+                else:
+                    docs.append(_travel_note(world, name, rng))
     return docs
 
 
@@ -163,7 +176,7 @@ def chat_logs(world: World, combos: list[Combo], rng: random.Random) -> list[str
 
 
 def build_corpus(world: World, chat_combos: list[Combo], rng: random.Random) -> list[str]:
-    """All corpus documents, shuffled; chat logs only use combos outside the eval side."""
+    """All corpus documents, shuffled; chat logs only use training combos (unknown names too) and wordings."""
     docs = entity_docs(world, rng) + code_docs(world, rng) + chat_logs(world, chat_combos, rng)
     rng.shuffle(docs)
     return docs

@@ -14,20 +14,33 @@ import tempfile
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
-from alignkit.world import oracle
+from alignkit.world import contractors, oracle
 from alignkit.world.corpus import build_corpus
 from alignkit.world.entities import ATTRIBUTES, World, build_world
-from alignkit.world.tasks import VARIANTS, Combo, all_combos, make_meta, prompt_text, reference, variant_names
+from alignkit.world.tasks import (
+    VARIANTS,
+    Combo,
+    all_combos,
+    make_meta,
+    pick_wording,
+    prompt_text,
+    reference,
+    variant_names,
+    wording_id,
+)
 
-N_SFT = 2000
+N_SFT = 2400
 N_PREFERENCES = 1500
-N_RL = 800
-EVAL_QUOTA = {"fact": 60, "one_word": 35, "uppercase": 35, "list": 35, "harmful": 35}
+N_RL = 1000
+# Held-out combos: the eval sets (one with training wordings, one with UNSEEN wordings) and a
+# validation split for tuning hyperparameters; unknown names are split by name, known combos by combo.
+EVAL_QUOTA = {"fact": 90, "one_word": 60, "list": 60, "harmful": 40, "unknown": 70}
+VALIDATION_QUOTA = {"fact": 30, "one_word": 20, "list": 20, "harmful": 10, "unknown": 20}
+UNKNOWN_NAME_SPLIT = {"eval": 0.5, "validation": 0.125}  # the rest of the unknown names train
 HELDOUT_PAIRS_PER_EVAL = 2
-TASK_MIX = {"fact": 0.34, "one_word": 0.16, "uppercase": 0.16, "list": 0.2, "harmful": 0.14}
+HELDOUT_PROMPTS = 200  # noise-free RM eval pairs come from the first 200 eval combos (400 pairs)
+TASK_MIX = {"fact": 0.32, "one_word": 0.18, "list": 0.2, "harmful": 0.12, "unknown": 0.18}
 SFT_MULTI_TURN = 0.1
-SFT_VERBOSE = 0.3  # like real human demos: correct but padded
-SFT_WRONG_FORMAT = 0.1  # of format tasks: correct content, requested format ignored
 K = 4
 FEWSHOT_HEADER = (
     "The following is a conversation between a user and a helpful assistant. "
@@ -35,16 +48,42 @@ FEWSHOT_HEADER = (
 )
 
 
-def _split_combos(combos: list[Combo], rng: random.Random) -> tuple[list[Combo], dict[str, list[Combo]]]:
-    """Eval-side combos (per-task quota) and the remaining training combos grouped by task."""
+def _split_unknown_names(world: World, rng: random.Random) -> dict[str, set[str]]:
+    """Unknown names per side: an eval name is never asked about in any training split or the corpus."""
+    sides: dict[str, set[str]] = {"eval": set(), "validation": set(), "train": set()}
+    for kind in ("town", "person"):
+        names = list(world.unknown(kind))
+        rng.shuffle(names)
+        n_eval = round(len(names) * UNKNOWN_NAME_SPLIT["eval"])
+        n_val = round(len(names) * UNKNOWN_NAME_SPLIT["validation"])
+        sides["eval"] |= set(names[:n_eval])
+        sides["validation"] |= set(names[n_eval : n_eval + n_val])
+        sides["train"] |= set(names[n_eval + n_val :])
+    return sides
+
+
+def _split_combos(
+    world: World, combos: list[Combo], rng: random.Random
+) -> tuple[list[Combo], list[Combo], dict[str, list[Combo]]]:
+    """Eval combos, validation combos (per-task quotas) and the training combos grouped by task."""
+    names = _split_unknown_names(world, rng)
     eval_side: list[Combo] = []
+    validation: list[Combo] = []
     train: dict[str, list[Combo]] = {}
-    for task, quota in EVAL_QUOTA.items():
+    for task in EVAL_QUOTA:
         pool = [c for c in combos if c.task == task]
         rng.shuffle(pool)
-        eval_side += pool[:quota]
-        train[task] = sorted(pool[quota:], key=lambda c: c.key)
-    return eval_side, train
+        if task == "unknown":
+            eval_side += [c for c in pool if c.entity in names["eval"]][: EVAL_QUOTA[task]]
+            validation += [c for c in pool if c.entity in names["validation"]][: VALIDATION_QUOTA[task]]
+            rest = [c for c in pool if c.entity in names["train"]]
+        else:
+            n_eval, n_val = EVAL_QUOTA[task], VALIDATION_QUOTA[task]
+            eval_side += pool[:n_eval]
+            validation += pool[n_eval : n_eval + n_val]
+            rest = pool[n_eval + n_val :]
+        train[task] = sorted(rest, key=lambda c: c.key)
+    return eval_side, validation, train
 
 
 def _sample_combo(train: dict[str, list[Combo]], rng: random.Random) -> Combo:
@@ -52,20 +91,14 @@ def _sample_combo(train: dict[str, list[Combo]], rng: random.Random) -> Combo:
     return rng.choice(train[task])
 
 
-def _demo(world: World, combo: Combo, rng: random.Random) -> tuple[str, str]:
-    """An SFT demonstration of realistic quality: mostly ideal, some verbose, some off-format."""
-    r = rng.random()
-    if r < SFT_VERBOSE:
-        style = "verbose"
-    elif r < SFT_VERBOSE + SFT_WRONG_FORMAT and combo.task in ("one_word", "uppercase", "list"):
-        style = "wrong_format"
-    else:
-        style = "ideal"
-    return style, VARIANTS[style](world, combo, rng)
+def _user(combo: Combo, rng: random.Random, unseen: bool = False) -> tuple[dict, str]:
+    """A user turn in a training (or, with unseen=True, an eval-only) wording, and that wording's id."""
+    wording = pick_wording(combo, rng, unseen)
+    return {"role": "user", "content": prompt_text(combo, rng, wording)}, wording_id(combo, wording)
 
 
 def sft_rows(world: World, train: dict[str, list[Combo]], rng: random.Random) -> list[dict]:
-    """Single- and two-turn demonstrations over training combos."""
+    """Single- and two-turn demonstrations over training combos, each written by a pool contractor."""
     facts = {(c.entity, c.attributes[0]): c for c in train["fact"]}
     rows = []
     while len(rows) < N_SFT:
@@ -79,23 +112,25 @@ def sft_rows(world: World, train: dict[str, list[Combo]], rng: random.Random) ->
             if not others:
                 continue
             second = rng.choice(others)
-            style_1, answer_1 = _demo(world, first, rng)
-            style, answer = _demo(world, second, rng)
+            user, wording = _user(first, rng)
+            _, _, answer_1 = contractors.write(world, first, rng)
+            who, habit, answer = contractors.write(world, second, rng)
             messages = [
-                {"role": "user", "content": prompt_text(first, rng)},
+                user,
                 {"role": "assistant", "content": answer_1},
                 {"role": "user", "content": ATTRIBUTES[second.attributes[0]].follow_up},
                 {"role": "assistant", "content": answer},
             ]
-            meta = {**make_meta(world, second), "style": style, "turns": 2, "context_keys": [first.key]}
+            extra = {"turns": 2, "context_keys": [first.key], "wording": wording}
+            combo = second
         else:
             combo = _sample_combo(train, rng)
-            style, answer = _demo(world, combo, rng)
-            messages = [
-                {"role": "user", "content": prompt_text(combo, rng)},
-                {"role": "assistant", "content": answer},
-            ]
-            meta = {**make_meta(world, combo), "style": style, "turns": 1, "context_keys": []}
+            user, wording = _user(combo, rng)
+            who, habit, answer = contractors.write(world, combo, rng)
+            messages = [user, {"role": "assistant", "content": answer}]
+            extra = {"turns": 1, "context_keys": [], "wording": wording}
+        meta = {**make_meta(world, combo), **extra, "contractor": who, "habit": habit,
+                "style": contractors.HABITS[habit] if habit else "ideal"}
         rows.append({"messages": messages, "meta": meta})
     return rows
 
@@ -158,12 +193,13 @@ def preference_rows(
     rows = []
     for (combo, meta, names, responses), keys in zip(drafts, noisy, strict=True):
         ranking = sorted(range(K), key=lambda i: (-keys[i], i))
+        user, wording = _user(combo, rng)
         rows.append(
             {
-                "prompt": [{"role": "user", "content": prompt_text(combo, rng)}],
+                "prompt": [user],
                 "responses": responses,
                 "ranking": ranking,
-                "meta": {**meta, "variants": names},
+                "meta": {**meta, "variants": names, "wording": wording},
             }
         )
     return rows, sigma, disagreement_rate(scores, noisy)
@@ -172,7 +208,7 @@ def preference_rows(
 def heldout_rows(world: World, eval_side: list[Combo], rng: random.Random) -> list[dict]:
     """Noise-free chosen/rejected pairs on eval-side prompts (TRL conversational format)."""
     rows = []
-    for combo in eval_side:
+    for combo in eval_side[:HELDOUT_PROMPTS]:
         meta = make_meta(world, combo)
         for _ in range(HELDOUT_PAIRS_PER_EVAL):
             while True:
@@ -182,12 +218,14 @@ def heldout_rows(world: World, eval_side: list[Combo], rng: random.Random) -> li
                 if verdict != "tie":
                     break
             chosen, rejected = ((ra, a), (rb, b)) if verdict == "a" else ((rb, b), (ra, a))
+            user, wording = _user(combo, rng)
             rows.append(
                 {
-                    "prompt": [{"role": "user", "content": prompt_text(combo, rng)}],
+                    "prompt": [user],
                     "chosen": [{"role": "assistant", "content": chosen[0]}],
                     "rejected": [{"role": "assistant", "content": rejected[0]}],
-                    "meta": {**meta, "chosen_variant": chosen[1], "rejected_variant": rejected[1]},
+                    "meta": {**meta, "chosen_variant": chosen[1], "rejected_variant": rejected[1],
+                             "wording": wording},
                 }
             )
     return rows
@@ -198,30 +236,24 @@ def rl_rows(world: World, train: dict[str, list[Combo]], rng: random.Random) -> 
     rows = []
     for _ in range(N_RL):
         combo = _sample_combo(train, rng)
-        rows.append(
-            {
-                "prompt": [{"role": "user", "content": prompt_text(combo, rng)}],
-                "meta": make_meta(world, combo),
-            }
-        )
+        user, wording = _user(combo, rng)
+        rows.append({"prompt": [user], "meta": {**make_meta(world, combo), "wording": wording}})
     return rows
 
 
-def eval_rows(world: World, eval_side: list[Combo], rng: random.Random) -> list[dict]:
-    """Held-out prompts with ids, for the win-rate harness."""
-    return [
-        {
-            "id": f"world-{i:04d}",
-            "prompt": [{"role": "user", "content": prompt_text(c, rng)}],
-            "meta": make_meta(world, c),
-        }
-        for i, c in enumerate(eval_side)
-    ]
+def prompt_rows(world: World, combos: list[Combo], rng: random.Random, prefix: str, unseen: bool = False) -> list[dict]:
+    """Held-out prompts with ids (eval or validation), in training wordings or UNSEEN ones."""
+    rows = []
+    for i, c in enumerate(combos):
+        user, wording = _user(c, rng, unseen)
+        rows.append({"id": f"{prefix}-{i:04d}", "prompt": [user],
+                     "meta": {**make_meta(world, c), "wording": wording, "unseen_wording": unseen}})
+    return rows
 
 
 def fewshot_template(world: World, train: dict[str, list[Combo]], rng: random.Random) -> str:
-    """Three example exchanges on training combos, ending in "User: {prompt}\\nAssistant:"."""
-    examples = [rng.choice(train["fact"]), rng.choice(train["one_word"]), rng.choice(train["harmful"])]
+    """Four example exchanges on training combos, ending in "User: {prompt}\\nAssistant:"."""
+    examples = [rng.choice(train[t]) for t in ("fact", "one_word", "unknown", "harmful")]
     body = "".join(f"User: {prompt_text(c, rng)}\nAssistant: {reference(world, c)}\n\n" for c in examples)
     return f"{FEWSHOT_HEADER}\n\n{body}User: {{prompt}}\nAssistant:"
 
@@ -242,16 +274,20 @@ def write_atomic(path: Path, text: str) -> str:
 
 
 def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, noise: float = 0.25) -> dict:
-    """Generate every world file under out_dir plus the eval prompts; return the manifest."""
+    """Generate every world file under out_dir plus the eval prompt sets; return the manifest.
+
+    Eval files land beside eval_path: eval_path itself (held-out combos, training wordings),
+    <stem>_unseen.jsonl (the same combos in wordings no training split uses) and fewshot_template.txt.
+    """
     if not 0.0 <= noise < 0.5:
         raise AlignkitError(f"noise must be in [0, 0.5), got {noise}", "--noise")
     out_dir, eval_path = Path(out_dir), Path(eval_path)
     world = build_world(seed)
     rngs = {
         name: random.Random(f"{seed}-{name}")
-        for name in ("split", "sft", "prefs", "heldout", "rl", "eval", "corpus", "fewshot")
+        for name in ("split", "sft", "prefs", "heldout", "rl", "eval", "unseen", "validation", "corpus", "fewshot")
     }
-    eval_side, train = _split_combos(all_combos(world), rngs["split"])
+    eval_side, validation, train = _split_combos(world, all_combos(world), rngs["split"])
     train_all = [c for task in train for c in train[task]]
     corpus = build_corpus(world, train_all, rngs["corpus"])
     prefs, sigma, measured = preference_rows(world, train, noise, rngs["prefs"])
@@ -261,14 +297,19 @@ def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, no
         "preferences.jsonl": prefs,
         "preferences_heldout.jsonl": heldout_rows(world, eval_side, rngs["heldout"]),
         "rl_prompts.jsonl": rl_rows(world, train, rngs["rl"]),
+        "validation_prompts.jsonl": prompt_rows(world, validation, rngs["validation"], "val"),
     }
     shas = {name: write_atomic(out_dir / name, _jsonl(rows)) for name, rows in files.items()}
-    evals = eval_rows(world, eval_side, rngs["eval"])
-    shas["eval/" + eval_path.name] = write_atomic(eval_path, _jsonl(evals))
+    counts = {name: len(rows) for name, rows in files.items()}
+    unseen_path = eval_path.with_name(f"{eval_path.stem}_unseen{eval_path.suffix}")
+    for path, rows in (
+        (eval_path, prompt_rows(world, eval_side, rngs["eval"], "world")),
+        (unseen_path, prompt_rows(world, eval_side, rngs["unseen"], "unseen", unseen=True)),
+    ):
+        shas["eval/" + path.name] = write_atomic(path, _jsonl(rows))
+        counts["eval/" + path.name] = len(rows)
     template = fewshot_template(world, train, rngs["fewshot"])
     shas["eval/fewshot_template.txt"] = write_atomic(eval_path.parent / "fewshot_template.txt", template)
-    counts = {name: len(rows) for name, rows in files.items()}
-    counts["eval/" + eval_path.name] = len(evals)
     manifest = {
         "seed": seed,
         "noise": noise,
@@ -279,6 +320,7 @@ def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, no
         "sha256": shas,
         "towns": len(world.towns),
         "people": len(world.people),
+        "unknown_names": len(world.unknown_towns) + len(world.unknown_people),
     }
     write_atomic(out_dir / "manifest.json", json.dumps(manifest, sort_keys=True, indent=2) + "\n")
     return manifest

@@ -73,6 +73,38 @@ def first_token_logprobs(model: Any, tokenizer: Any, rows: Sequence[dict]) -> di
                 "demos": len(first[t])} for t in first}
 
 
+@torch.no_grad()
+def knowledge(model: Any, tokenizer: Any, rows: Sequence[dict], choices: int = 6, seed: int = 0) -> dict[str, Any]:
+    """Share of the facts that rows ask about which the model picks out of `choices` values by likelihood.
+
+    Each fact's canonical sentence ("The river of Zakkos is the Tavira.") is scored after an EOS (a
+    document start) with the true value and `choices - 1` other values of the attribute; the fact is
+    known when the true value's sentence is the likeliest. Chance is 1 / choices.
+    """
+    import random
+
+    from alignkit.world.entities import fact_sentence
+
+    facts: dict[tuple[str, str], tuple[str, list[str]]] = {}
+    for row in rows:
+        meta = row["meta"]
+        for attribute, expected, conflicts in zip(meta["attributes"], meta["expected"], meta["conflicts"],
+                                                  strict=True):
+            facts.setdefault((meta["entity"], attribute), (expected, conflicts))
+    rng = random.Random(seed)
+    known = 0
+    for (entity, attribute), (expected, conflicts) in sorted(facts.items()):
+        values = [expected, *rng.sample(conflicts, min(choices - 1, len(conflicts)))]
+        ids = [[tokenizer.eos_token_id, *tokenizer(fact_sentence(attribute, entity, v))["input_ids"]] for v in values]
+        width = max(map(len, ids))
+        batch = torch.tensor([x + [tokenizer.eos_token_id] * (width - len(x)) for x in ids])
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+        logp = torch.log_softmax(model(input_ids=batch, attention_mask=mask).logits[:, :-1].float(), -1)
+        token_logp = logp.gather(-1, batch[:, 1:, None]).squeeze(-1) * mask[:, 1:]  # (choices, T-1)
+        known += int(token_logp.sum(-1).argmax()) == 0
+    return {"facts": len(facts), "choices": choices, "known": known / max(len(facts), 1)}
+
+
 def fact_stats(rows: Sequence[dict], candidates: list[list[dict]]) -> dict[str, float]:
     """On fact prompts: share of samples naming the asked entity, share with the right value, and both."""
     named = right = both = total = 0
@@ -143,7 +175,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--knowledge", default=None, metavar="MODEL",
+                    help="only report the share of held-out facts MODEL knows (6-way likelihood) and exit")
     args = ap.parse_args(argv)
+    if args.knowledge:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        rows = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        model = AutoModelForCausalLM.from_pretrained(args.knowledge).eval()
+        print(json.dumps(knowledge(model, AutoTokenizer.from_pretrained(args.knowledge), rows)))
+        return
     report = probe(args.policy, args.reward, args.prompts, args.sft_data or None, args.judge_lm, args.n, args.seed)
     text = json.dumps(report, indent=2)
     if args.out:
