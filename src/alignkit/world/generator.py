@@ -288,6 +288,8 @@ def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, no
         for name in ("split", "sft", "prefs", "heldout", "rl", "eval", "unseen", "validation", "corpus", "fewshot")
     }
     eval_side, validation, train = _split_combos(world, all_combos(world), rngs["split"])
+    # tasks interleaved, so that the first N eval prompts (eval.prompt_limit) are a fair sample
+    rngs["split"].shuffle(eval_side)
     train_all = [c for task in train for c in train[task]]
     corpus = build_corpus(world, train_all, rngs["corpus"])
     prefs, sigma, measured = preference_rows(world, train, noise, rngs["prefs"])
