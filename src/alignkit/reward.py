@@ -33,6 +33,7 @@ from alignkit.reward_model import (
     NORMALIZATION_FILE,
     SCALE_KEY,
     RewardScorer,
+    prompt_input_text,
     ranking_loss,
     reward_input_ids,
 )
@@ -50,7 +51,8 @@ def encode_rankings(rankings: list[dict], tokenizer: Any, max_length: int) -> li
         if max(len(x) for x in ids) <= max_length:
             # `length` lets the Trainer batch rankings of similar length (train_sampling_strategy);
             # `response_start` is where the responses begin (the LM loss of reward.lm_loss_coef).
-            start = len(reward_input_ids(tokenizer, r["prompt"], "", ended=False))
+            # (the prompt alone: a template's space before the answer belongs to the answer's first token)
+            start = len(tokenizer(prompt_input_text(tokenizer, r["prompt"]), add_special_tokens=False)["input_ids"])
             out.append({"input_ids": ids, "margin": r["margin"], "length": max(len(x) for x in ids),
                         "response_start": start})
     dropped = len(rankings) - len(out)

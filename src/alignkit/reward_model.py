@@ -62,9 +62,33 @@ def ranking_loss(rewards: torch.Tensor, group_sizes: Sequence[int], margins: tor
 def reward_input_text(tokenizer: Any, prompt: Sequence[dict[str, str]] | str, response: str,
                       ended: bool = True) -> str:
     """Prompt (chat template + generation prompt) + response + EOS: exactly what a policy's rollout looks like."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return text + response + (tokenizer.eos_token if ended else "")
+    messages = as_messages(prompt)
+    text = prompt_input_text(tokenizer, messages)
+    return text + response_lead(tokenizer, messages, text) + response + (tokenizer.eos_token if ended else "")
+
+
+def as_messages(prompt: Sequence[dict[str, str]] | str) -> list[dict[str, str]]:
+    """Chat messages of a prompt given as messages or as one user text."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def prompt_input_text(tokenizer: Any, prompt: Sequence[dict[str, str]] | str) -> str:
+    """The prompt rendered by the chat template, up to and including the generation prompt."""
+    return tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+
+
+def response_lead(tokenizer: Any, messages: Sequence[dict[str, str]], prompt_text: str) -> str:
+    """What the template writes between the generation prompt and an answer's text (e.g. one space).
+
+    A template that puts the answer after a space (alignkit's tiny tokenizer) makes a policy's first
+    token " The", not "The"; reward and preference texts must spell it the same way. Found by
+    rendering a probe answer, so it works for any template ("" for most).
+    """
+    probe = "\x00probe"
+    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": probe}], tokenize=False)
+    at = full.find(probe, len(prompt_text)) if full.startswith(prompt_text) else -1
+    lead = full[len(prompt_text):at] if at >= 0 else ""
+    return lead if lead.isspace() else ""
 
 
 def reward_input_ids(tokenizer: Any, prompt: Sequence[dict[str, str]] | str, response: str,
