@@ -314,3 +314,16 @@ def test_qlora_reward_model_is_saved_as_the_trained_model(tmp_path, tiny_model_d
     for key in ("chosen_mean", "rejected_mean", "chosen_std", "rejected_std", "margin"):
         # Merged into the 4-bit weights (re-quantized), chosen_mean was 0.45 against 0.35 measured.
         assert saved[key] == pytest.approx(metrics[f"heldout_{key}"], abs=2e-5), key
+
+
+def test_reward_text_spells_the_answer_as_the_chat_template_does(tiny_tokenizer):
+    """A template's space before the answer is kept, so the RM scores what a policy rollout holds."""
+    from alignkit.reward_model import reward_input_text, response_lead
+
+    messages = [{"role": "user", "content": "Where is Bresbis?"}]
+    full = tiny_tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": "In Eastvale."}],
+                                              tokenize=False)
+    text = reward_input_text(tiny_tokenizer, messages, "In Eastvale.")
+    assert full.startswith(text) and text.endswith("In Eastvale." + tiny_tokenizer.eos_token)
+    prompt = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert response_lead(tiny_tokenizer, messages, prompt) == " "

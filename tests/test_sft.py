@@ -47,8 +47,8 @@ def chat_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _assistant_spans(text: str) -> list[tuple[int, int]]:
     """Character spans of each assistant turn's content + EOS in a rendered conversation (found by hand)."""
     spans, pos = [], 0
-    while (start := text.find("<|assistant|>\n", pos)) != -1:
-        start += len("<|assistant|>\n")
+    while (start := text.find("<|assistant|>", pos)) != -1:
+        start += len("<|assistant|>")  # the space before the answer is the answer's (the template's generation part)
         end = text.index(EOS, start) + len(EOS)
         spans.append((start, end))
         pos = end

@@ -131,15 +131,16 @@ def test_hh_split_token_by_token(tiny_tokenizer):
     ranking = load_rankings([{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}], "hh.jsonl")
     eos = tiny_tokenizer.eos_token
     # Written out from the template: the prompt ends where the last "Assistant:" turn starts.
-    want_prompt = ("<|user|>\nIn which region is Bresbis?\n<|assistant|>\nEastvale." + eos +
-                   "\n<|user|>\nAnd its river?\n<|assistant|>\n")
+    want_prompt = ("<|user|> In which region is Bresbis?\n<|assistant|> Eastvale." + eos +
+                   "\n<|user|> And its river?\n<|assistant|>")
     ids = lambda text: tiny_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     enc = encode_rankings(ranking, tiny_tokenizer, max_length=512)[0]
     start = enc["response_start"]
     for seq, reply in zip(enc["input_ids"], ["The Ilsa, which runs\n\nthrough it.", "The Ilsa, I think."],
                           strict=True):
         assert seq[:start] == ids(want_prompt)
-        assert seq[start:] == ids(reply + eos)  # the completion is only the final reply (+ EOS)
+        # the completion is only the final reply (+ EOS), after the space the template puts before it
+        assert seq[start:] == ids(" " + reply + eos)
     # DPO sees the same split: TRL renders prompt and completions separately.
     rendered = apply_chat_template(dpo_rows(ranking)[0], tiny_tokenizer)
     assert rendered["prompt"] == want_prompt

@@ -62,3 +62,28 @@ def test_probe_end_to_end_on_tiny_models(tmp_path, tiny_model_dir, tiny_tokenize
     assert report["fact_prompts"]["samples"] == 3 * 2
     first = report["first_token_logprob"]["fact"]
     assert first["demos"] == 1 and first["first"] < 0 and first["rest"] < 0
+
+
+class _Peaked(torch.nn.Module):
+    """A fake LM whose next-token log-probs favour some token ids everywhere."""
+
+    def __init__(self, vocab: int, favourites: list[int]):
+        super().__init__()
+        self.vocab, self.favourites = vocab, favourites
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[..., self.favourites] = 5.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_knowledge_picks_the_likeliest_of_six_sentences(tiny_tokenizer):
+    """A fact is known when its true value's canonical sentence is the likeliest of the six."""
+    rows = [{"meta": {**META, "attributes": ["region"], "conflicts": [["Northmoor", "Southfen", "Westmark",
+                                                                      "Highcliff", "Lowmere"]]}},
+            {"meta": {**META, "unknown": True, "attributes": ["region"], "expected": [], "conflicts": []}}]
+    favourite = tiny_tokenizer(" Eastvale")["input_ids"]
+    report = probe.knowledge(_Peaked(len(tiny_tokenizer), favourite), tiny_tokenizer, rows)
+    assert report == {"facts": 1, "choices": 6, "known": 1.0}  # the unknown-name row has no fact
+    other = tiny_tokenizer(" Lowmere")["input_ids"]
+    assert probe.knowledge(_Peaked(len(tiny_tokenizer), other), tiny_tokenizer, rows)["known"] == 0.0

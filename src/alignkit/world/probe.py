@@ -88,6 +88,8 @@ def knowledge(model: Any, tokenizer: Any, rows: Sequence[dict], choices: int = 6
     facts: dict[tuple[str, str], tuple[str, list[str]]] = {}
     for row in rows:
         meta = row["meta"]
+        if meta.get("unknown") or meta.get("harmful"):
+            continue
         for attribute, expected, conflicts in zip(meta["attributes"], meta["expected"], meta["conflicts"],
                                                   strict=True):
             facts.setdefault((meta["entity"], attribute), (expected, conflicts))
