@@ -23,7 +23,7 @@ def test_first_answer_token_is_the_corpus_spelling(tokenizer):
     """Templated demos start each answer with the token(s) the word has after "Assistant:" in the corpus."""
     rows = [json.loads(line) for line in (REPO / "data" / "world" / "sft.jsonl").open()][:300]
     corpus_ids: set[int] = set()
-    for line in list((REPO / "data" / "world" / "corpus.jsonl").open())[:3000]:
+    for line in list((REPO / "data" / "world" / "corpus.jsonl").open())[:1500]:
         corpus_ids.update(tokenizer(json.loads(line)["text"])["input_ids"])
     for row in rows:
         enc = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
@@ -33,7 +33,8 @@ def test_first_answer_token_is_the_corpus_spelling(tokenizer):
         answer = row["messages"][1]["content"]
         # the answer as running text: after "Assistant:" in a corpus chat log, i.e. after a space
         as_in_corpus = tokenizer("Assistant: " + answer)["input_ids"][len(tokenizer("Assistant:")["input_ids"]):]
-        assert ids[start : start + 3] == as_in_corpus[:3], (answer, tokenizer.convert_ids_to_tokens(ids[start:start + 3]))
+        n = min(3, len(as_in_corpus))
+        assert ids[start : start + n] == as_in_corpus[:n], (answer, tokenizer.convert_ids_to_tokens(ids[start:start + n]))
         assert ids[start] in corpus_ids
 
 
