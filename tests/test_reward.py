@@ -16,6 +16,7 @@ from alignkit.reward_model import (
     RewardScorer,
     centering_term,
     pairwise_loss,
+    prompt_input_text,
     ranking_loss,
     reward_input_ids,
     reward_input_text,
@@ -255,7 +256,7 @@ def test_lm_term_is_the_causal_lm_loss_on_each_best_response(tiny_model_dir, tin
     lm = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     total, count = 0.0, 0
     for r in rows:
-        prompt = reward_input_ids(tiny_tokenizer, r["prompt"], "", ended=False)
+        prompt = tiny_tokenizer(prompt_input_text(tiny_tokenizer, r["prompt"]), add_special_tokens=False)["input_ids"]
         ids = torch.tensor([reward_input_ids(tiny_tokenizer, r["prompt"], r["responses"][0])])
         logp = torch.log_softmax(lm(input_ids=ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
         total -= logp[len(prompt) - 1:].sum().item()  # the response's tokens and its EOS
@@ -318,7 +319,7 @@ def test_qlora_reward_model_is_saved_as_the_trained_model(tmp_path, tiny_model_d
 
 def test_reward_text_spells_the_answer_as_the_chat_template_does(tiny_tokenizer):
     """A template's space before the answer is kept, so the RM scores what a policy rollout holds."""
-    from alignkit.reward_model import reward_input_text, response_lead
+    from alignkit.reward_model import response_lead, reward_input_text
 
     messages = [{"role": "user", "content": "Where is Bresbis?"}]
     full = tiny_tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": "In Eastvale."}],

@@ -64,7 +64,8 @@ def reward_input_text(tokenizer: Any, prompt: Sequence[dict[str, str]] | str, re
     """Prompt (chat template + generation prompt) + response + EOS: exactly what a policy's rollout looks like."""
     messages = as_messages(prompt)
     text = prompt_input_text(tokenizer, messages)
-    return text + response_lead(tokenizer, messages, text) + response + (tokenizer.eos_token if ended else "")
+    lead = "" if response[:1].isspace() else response_lead(tokenizer, messages, text)  # HH replies bring their own
+    return text + lead + response + (tokenizer.eos_token if ended else "")
 
 
 def as_messages(prompt: Sequence[dict[str, str]] | str) -> list[dict[str, str]]:

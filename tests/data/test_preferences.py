@@ -144,8 +144,8 @@ def test_hh_split_token_by_token(tiny_tokenizer):
     # DPO sees the same split: TRL renders prompt and completions separately.
     rendered = apply_chat_template(dpo_rows(ranking)[0], tiny_tokenizer)
     assert rendered["prompt"] == want_prompt
-    assert ids(rendered["chosen"]) == ids("The Ilsa, which runs\n\nthrough it." + eos + "\n")
-    assert ids(rendered["rejected"]) == ids("The Ilsa, I think." + eos + "\n")
+    assert ids(rendered["chosen"]) == ids(" The Ilsa, which runs\n\nthrough it." + eos + "\n")
+    assert ids(rendered["rejected"]) == ids(" The Ilsa, I think." + eos + "\n")
 
 
 def test_ultrafeedback_rows_do_not_duplicate_the_user_turn(tiny_tokenizer):
