@@ -71,7 +71,8 @@ def test_label_mask_is_assistant_content_and_eos_only(tiny_model_dir, tmp_path):
     for i, (got, want) in enumerate(zip(labels, expected, strict=True)):
         assert got == want, f"token {i} {tok.decode([ids[i]])!r}: label {got}, expected {want}"
     trained = tok.decode([t for t in labels if t != -100])
-    assert trained == f"Eastvale.{EOS}The Ilsa.{EOS}"  # both turns, EOS included, nothing else
+    # both turns, EOS included, nothing else; the space before an answer is the answer's first token's
+    assert trained == f" Eastvale.{EOS} The Ilsa.{EOS}"
 
 
 def packed_trainer(base: Path, data_file: Path, tmp_path: Path, **sections: Any) -> Any:
