@@ -100,3 +100,14 @@ def test_4bit_policy_is_saved_as_the_trained_policy(mode, tmp_path, tiny_model_d
         saved = AutoModelForCausalLM.from_pretrained(model_dir)(input_ids=ids).logits
     # Merged into the 4-bit weights (re-quantized), the logits were up to 0.15 apart.
     assert (saved - trained).abs().max().item() < 1e-4
+
+
+def test_ppo_config_takes_save_total_limit_from_train(tmp_path):
+    from alignkit.config.recipe import validate_recipe
+    from alignkit.ppo.stage import ppo_config
+
+    raw = {"stage": "ppo", "output_dir": str(tmp_path / "run"), "model": {"name_or_path": "x"},
+           "data": {"datasets": [{"path": "data/world/rl_prompts.jsonl"}]}, "ppo": {"reward_model": "x"}}
+    assert ppo_config(validate_recipe(raw)).save_total_limit == 2  # train's default, as the Trainer stages
+    raw["train"] = {"save_total_limit": None}
+    assert ppo_config(validate_recipe(raw)).save_total_limit is None

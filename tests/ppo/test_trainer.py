@@ -147,6 +147,32 @@ def test_checkpoint_and_resume_continue_exactly(tiny, ppo_tokenizer, tmp_path: P
         assert history[-1][key] == pytest.approx(full_history[-1][key], rel=1e-4, abs=1e-6), key
 
 
+def test_save_total_limit_keeps_the_newest_complete_checkpoints(tiny, ppo_tokenizer, tmp_path: Path, monkeypatch):
+    """train.save_total_limit: older checkpoints go only once the new one is complete; others are left alone."""
+    from alignkit.ppo import trainer as trainer_module
+    from alignkit.ppo.checkpoint import complete_checkpoints
+
+    tok = ppo_tokenizer
+    (tmp_path / "checkpoint-0").mkdir(parents=True)  # an incomplete folder (no trainer_state.json): not ours
+    seen: list[list[str]] = []
+    real_prune = trainer_module.prune_checkpoints
+
+    def watched_prune(folder: Path, keep: int | None) -> list[Path]:
+        seen.append([p.name for p in complete_checkpoints(folder)])
+        return real_prune(folder, keep)
+
+    monkeypatch.setattr(trainer_module, "prune_checkpoints", watched_prune)
+    policy = tiny.make_policy(tok)
+    cfg = small_config(num_rollouts=4, save_every=1, save_total_limit=2, ppo_epochs=1, rollout_batch_size=8)
+    PPOTrainer(cfg, policy, copy.deepcopy(policy), tiny.make_critic(tok), tiny.target_reward(tok), tok,
+               tiny.make_prompts(tok, 8), checkpoint_dir=tmp_path).train()
+    # Each prune sees the new checkpoint complete beside the two kept before it.
+    assert seen == [["checkpoint-1"], ["checkpoint-1", "checkpoint-2"], ["checkpoint-1", "checkpoint-2", "checkpoint-3"],
+                    ["checkpoint-2", "checkpoint-3", "checkpoint-4"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0", "checkpoint-3", "checkpoint-4",
+                                                          "metrics.jsonl"]
+
+
 def test_resume_refuses_what_would_silently_skip(tiny, ppo_tokenizer, tmp_path: Path):
     tok = ppo_tokenizer
     policy = tiny.make_policy(tok)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,28 @@ def load_policy(policy: Any, folder: Path) -> None:
         load_full_weights(policy, folder)
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The checkpoint-<n> folder with the highest n (temp folders of interrupted writes are ignored)."""
+def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """checkpoint-<n> folders holding a trainer_state.json, oldest first (temp folders of interrupted writes are ignored)."""
     found = [p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()
              and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The complete checkpoint-<n> folder with the highest n."""
+    found = complete_checkpoints(checkpoint_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (train.save_total_limit); None keeps all.
+
+    Called once a new checkpoint is complete, so a crash never leaves fewer than `keep` to resume from;
+    the newest is always kept.
+    """
+    if keep is None:
+        return []
+    old = complete_checkpoints(checkpoint_dir)[:-max(keep, 1)]
+    for path in old:
+        shutil.rmtree(path)
+    return old

@@ -149,7 +149,7 @@ def ppo_config(recipe: Recipe) -> PPOConfig:
         kl_horizon=s.kl_horizon, whiten_rewards=s.whiten_rewards, reward_clip=s.reward_clip,
         missing_eos_penalty=s.missing_eos_penalty, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
         max_new_tokens=s.max_new_tokens, critic_warmup_rollouts=s.critic_warmup_rollouts, save_every=s.save_every,
-        max_grad_norm=t.max_grad_norm, seed=recipe.seed,
+        save_total_limit=t.save_total_limit, max_grad_norm=t.max_grad_norm, seed=recipe.seed,
     )
 
 

@@ -26,6 +26,7 @@ from alignkit.ppo.checkpoint import (
     latest_checkpoint,
     load_full_weights,
     load_policy,
+    prune_checkpoints,
     save_policy,
 )
 from alignkit.ppo.modules import Reference, ValueHead, disable_dropout, response_logits
@@ -71,6 +72,7 @@ class PPOConfig:
     critic_warmup_rollouts: int = 0
     anneal_lr: bool = False  # linear decay to 0 over the run (TRL's default was on)
     save_every: int = 10
+    save_total_limit: int | None = None  # keep only the newest N checkpoints (None: all)
     logging_every: int = 1
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -260,6 +262,8 @@ class PPOTrainer:
                 "config": asdict(self.config), "history": self.history,
             })
         log.info("saved PPO checkpoint %s", final)
+        for old in prune_checkpoints(self.checkpoint_dir, self.config.save_total_limit):
+            log.info("deleted %s (train.save_total_limit=%s)", old, self.config.save_total_limit)
         return final
 
     def resume_from_checkpoint(self, path: str | Path | bool) -> Path:
