@@ -18,6 +18,7 @@ from alignkit.config.base import HubSection
 from alignkit.errors import AlignkitError
 from alignkit.modelcard import read_recipe, render_card
 from alignkit.models import adapter_base
+from alignkit.preflight import check_hub_access
 from alignkit.runio import RunDir, atomic_write_json
 
 log = logging.getLogger("alignkit.hub")
@@ -78,6 +79,7 @@ def push_run(run_dir: str | Path, repo_id: str | None = None) -> str:
     rd = RunDir(run_dir)
     rd.read_summary()  # only finished runs are pushed
     hub = hub_section(rd, repo_id)
+    check_hub_access("alignkit push")  # before a merge or any upload, not as a traceback halfway
     api = HfApi()  # token: HF_TOKEN or the login cache, resolved by huggingface_hub
     with tempfile.TemporaryDirectory() as staging:
         folder = model_folder(rd, hub.push, Path(staging))

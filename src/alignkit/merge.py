@@ -13,9 +13,13 @@ from typing import Any
 
 from alignkit.config.base import ModelSection, QuantizationSection
 from alignkit.errors import AlignkitError
+from alignkit.preflight import local_path, overlap
 from alignkit.runio import atomic_dir
 
 QUANT_FILE = "alignkit_quantization.json"
+# Written into every merge output: the only non-empty folder a merge may replace is one it wrote itself.
+# Hidden, so Hub uploads and pipeline content hashes skip it.
+MERGE_MARKER = ".alignkit-merge.json"
 
 
 def load_for_merge(adapter_dir: str, dtype: str = "float32") -> Any:
@@ -40,12 +44,34 @@ def load_for_merge(adapter_dir: str, dtype: str = "float32") -> Any:
     return model.merge_and_unload()
 
 
+def check_merge_target(adapter_dir: str, out_dir: str) -> None:
+    """Refuse an output folder that would replace or mix into anything the merge did not write itself."""
+    from alignkit.models import adapter_base
+
+    where = f"merge output {out_dir}"
+    out = Path(out_dir).expanduser().resolve()
+    base = adapter_base(adapter_dir)
+    inputs = {"the adapter folder": local_path(adapter_dir), "the adapter's base model": local_path(base)}
+    for what, path in inputs.items():
+        relation = overlap(out, path) if path is not None else None
+        if relation:
+            raise AlignkitError(f"{relation} {what} ({path}); merge into a new folder", where=where)
+    if out.exists() and not out.is_dir():
+        raise AlignkitError("exists and is not a folder", where=where)
+    if out.is_dir() and any(out.iterdir()) and not (out / MERGE_MARKER).is_file():
+        raise AlignkitError("is not empty and is not an earlier merge output; merge only replaces folders it "
+                            "wrote itself, choose a new or empty folder", where=where)
+
+
 def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "float32") -> Path:
     """Write the merged full model + tokenizer (+ generation_config) to out_dir as safetensors."""
     from transformers import AutoTokenizer
 
-    from alignkit.models import set_generation_eos
+    from alignkit.models import adapter_base, set_generation_eos
 
+    if adapter_base(adapter_dir) is None:
+        raise AlignkitError("not a PEFT adapter folder (no adapter_config.json)", where=adapter_dir)
+    check_merge_target(adapter_dir, out_dir)  # before minutes of loading, and before anything is replaced
     merged = load_for_merge(adapter_dir, dtype)
     if getattr(merged.config, "quantization_config", None) is not None:
         # The weights are now plain floats; a leftover config would make loaders re-quantize them.
@@ -56,4 +82,5 @@ def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "float32") -> Pat
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
+        (tmp / MERGE_MARKER).write_text(json.dumps({"adapter": str(adapter_dir), "dtype": dtype}) + "\n")
     return Path(out_dir)

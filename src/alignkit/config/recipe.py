@@ -87,12 +87,13 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 continue  # `<<: *anchor` merges are meant to be overridden by the mapping's own keys
             key = self.construct_object(key_node, deep=deep)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                first = seen.get(key)
             except TypeError:
                 continue  # unhashable key: SafeLoader reports it itself
-            if first != key_node.start_mark.line + 1:
+            if first is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
 
