@@ -1,5 +1,6 @@
 """Run folders: atomic writes, no clobbering of finished runs, resume resolution, secret redaction."""
 
+import errno
 import json
 
 import pytest
@@ -44,7 +45,48 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
         run.resolve_resume(True)
     for step in (5, 40, 10):
         (run.checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        (run.checkpoints / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert run.resolve_resume(True).endswith("checkpoint-40")
+
+
+def test_incomplete_checkpoints_are_never_picked_up(tmp_path):
+    run = RunDir(tmp_path)
+    (run.checkpoints / "checkpoint-4").mkdir(parents=True)
+    (run.checkpoints / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (run.checkpoints / "checkpoint-8").mkdir()  # cut short before its trainer state (an older writer)
+    (run.checkpoints / ".tmp-checkpoint-12" / "checkpoint-12").mkdir(parents=True)  # a staged, unpublished one
+    (run.checkpoints / ".tmp-checkpoint-12" / "checkpoint-12" / "trainer_state.json").write_text("{}")
+    assert run.latest_checkpoint() == run.checkpoints / "checkpoint-4"
+    # With nothing complete, the folder is not an unfinished run: a fresh start may take it.
+    RunDir(tmp_path / "b").checkpoints.joinpath("checkpoint-8").mkdir(parents=True)
+    RunDir(tmp_path / "b").prepare()
+
+
+def test_full_disk_is_one_error_naming_the_path_and_leaves_nothing(tmp_path):
+    final = tmp_path / "model"
+    with pytest.raises(AlignkitError, match="no space left on device") as caught, atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert caught.value.where == str(final) and list(tmp_path.iterdir()) == []
+    # torch and safetensors wrap the OS error in their own exception types: the text still says so.
+    with pytest.raises(AlignkitError), atomic_dir(final):
+        raise RuntimeError("safetensors: IoError(No space left on device (os error 28))")
+    with pytest.raises(RuntimeError, match="other"), atomic_dir(final):
+        raise RuntimeError("other")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_text_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "run.json"
+    atomic_write_json(path, {"old": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("alignkit.runio.os.replace", full)
+    with pytest.raises(AlignkitError, match=str(path)):
+        atomic_write_json(path, {"new": 2})
+    assert json.loads(path.read_text()) == {"old": 1} and [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 
 def test_secrets_are_redacted(tmp_path):

@@ -271,9 +271,15 @@ def test_resume_continues_at_the_saved_step_with_optimizer_state(tiny_model_dir,
     for name, value in _adapter_weights(run_dir).items():
         torch.testing.assert_close(value, uninterrupted[name], atol=1e-6, rtol=1e-5, msg=name)
 
-    # Resuming a checkpoint that is already at the end trains nothing: that is an error, not a silent skip.
-    with pytest.raises(AlignkitError, match="nothing would be trained"):
-        _adapter_run(tiny_model_dir, chat_file, out, **resumed_sections)
+    # A checkpoint already at the end (a crash after it) is loaded and the run completes: no stray 7th step.
+    finished = _adapter_weights(run_dir)
+    _, third = _adapter_run(tiny_model_dir, chat_file, out, **resumed_sections)
+    assert third["global_step"] == 6 and not (run_dir.checkpoints / "checkpoint-7").exists()
+    for name, value in _adapter_weights(run_dir).items():
+        torch.testing.assert_close(value, finished[name], atol=0, rtol=0, msg=name)
+    # One past the end is another schedule: an error, not a silent skip.
+    with pytest.raises(AlignkitError, match="past the end of the schedule"):
+        _adapter_run(tiny_model_dir, chat_file, out, **_merge(resumed_sections, {"train": {"max_steps": 5}}))
 
 
 def test_bad_row_names_file_and_row(tiny_model_dir, tmp_path):

@@ -27,7 +27,7 @@ from alignkit.models import (
 )
 from alignkit.reward_model import reward_input_ids
 from alignkit.runio import RunDir
-from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, save_final_model
+from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, save_final_model, train
 
 log = logging.getLogger("alignkit.dpo")
 REPORTED = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
@@ -211,7 +211,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     trainer = build_trainer(recipe, section, run_dir)
     resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = train(trainer, resume)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
                                "train_seconds": round(time.time() - start, 1), "peak_memory_mb": peak_memory_mb()}
     metrics.update(last_logged(trainer.state.log_history, REPORTED))

@@ -18,7 +18,7 @@ from alignkit.data.loading import load_specs, mix
 from alignkit.data.packing import pack_documents
 from alignkit.errors import AlignkitError
 from alignkit.runio import RunDir
-from alignkit.trainer_utils import metrics_callback, save_final_model, training_arguments
+from alignkit.trainer_utils import metrics_callback, save_final_model, train, training_arguments
 
 log = logging.getLogger("alignkit.pretrain")
 
@@ -127,7 +127,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
                       callbacks=[metrics_callback(run_dir)])
     start = time.time()
     resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = train(trainer, resume)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "train_seconds": round(time.time() - start, 1),
                                "parameters": n_params, "train_tokens": n_tokens, "global_step": result.global_step}
     if eval_ds is not None:

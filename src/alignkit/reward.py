@@ -37,7 +37,13 @@ from alignkit.reward_model import (
     reward_input_ids,
 )
 from alignkit.runio import MetricsLogger, RunDir, atomic_dir, atomic_write_json
-from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, with_global_length_groups
+from alignkit.trainer_utils import (
+    make_config,
+    metrics_callback,
+    peak_memory_mb,
+    train,
+    with_global_length_groups,
+)
 
 log = logging.getLogger("alignkit.reward")
 
@@ -337,7 +343,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
                             else train_rows, run_dir)
     resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = train(trainer, resume)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
                                "train_seconds": round(time.time() - start, 1), "peak_memory_mb": peak_memory_mb()}
     if not trainer.is_world_process_zero():

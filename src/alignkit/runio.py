@@ -10,6 +10,7 @@ Layout of `output_dir`:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -27,12 +28,16 @@ import yaml
 from alignkit.errors import AlignkitError
 
 COMPLETE_MARKER = "run.json"
+CHECKPOINT_STATE = "trainer_state.json"  # written last into every checkpoint-<step>/ (Trainer and PPO)
 # Key names that hold credentials (not e.g. `eos_token` or `train_tokens`).
 SECRET_KEY = re.compile(
     r"^(hf_|hub_|api_|access_|auth_|bearer_)?token$|secret|password|passwd|api[_-]?key|authorization",
     re.IGNORECASE,
 )
 SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{8,}|sk-[A-Za-z0-9_-]{8,})")
+# Out of space: the errno of an OSError, or the OS text wrapped in torch's or safetensors' own exceptions.
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+DISK_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os error (28|122)\b")
 
 
 def redact(obj: Any) -> Any:
@@ -55,10 +60,40 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full_error(path) from exc
         raise
     return path
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when a write failed for lack of space, whichever library raised it."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    return bool(DISK_FULL_TEXT.search(str(exc)))
+
+
+def disk_full_error(path: str | Path) -> AlignkitError:
+    """The one-line error for a write that ran out of space (its partial output already removed)."""
+    return AlignkitError(
+        "no space left on device; the partial write was removed and everything saved before is intact "
+        "(free space, then rerun with train.resume_from_checkpoint=true)",
+        where=str(path),
+    )
+
+
+def replace_dir(src: str | Path, final: str | Path) -> None:
+    """Move the finished folder `src` to `final` in one rename, replacing an older `final` if there is one."""
+    src, final = Path(src), Path(final)
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(src, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, final)
 
 
 def _json_default(value: Any) -> Any:
@@ -93,22 +128,19 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `final`; on success it replaces `final` in one rename.
 
-    A run killed mid-write leaves only a hidden `.tmp-*` folder, never a half-written `final`.
+    A run killed mid-write leaves only a hidden `.tmp-*` folder, never a half-written `final`; a full
+    disk removes the partial folder and is a one-line error naming `final`.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         yield tmp
-        if final.exists():
-            old = final.with_name(f".old-{final.name}-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
+        replace_dir(tmp, final)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full_error(final) from exc
         raise
 
 
@@ -151,13 +183,17 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def latest_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint-<step> folder, or None."""
+        """The newest complete checkpoint-<step> folder, or None.
+
+        Checkpoints are published by one rename once written (hidden `.tmp-*` folders are never picked up);
+        trainer_state.json, which every trainer writes last, also guards against folders from older writers.
+        """
         if not self.checkpoints.is_dir():
             return None
         found = [
             (int(p.name.split("-")[-1]), p)
             for p in self.checkpoints.iterdir()
-            if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)
+            if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name) and (p / CHECKPOINT_STATE).is_file()
         ]
         return max(found)[1] if found else None
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from pathlib import Path
 from typing import Any
 
 from alignkit.config import Recipe
@@ -25,7 +23,7 @@ from alignkit.errors import AlignkitError
 from alignkit.merge import QUANT_FILE
 from alignkit.models import DTYPES, apply_lora, load_causal_lm, load_tokenizer, match_adapter_dtype
 from alignkit.runio import RunDir, atomic_write_json
-from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, save_final_model
+from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, save_final_model, train
 
 log = logging.getLogger("alignkit.sft")
 
@@ -212,39 +210,6 @@ def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
         trainer.rows_pad_id = tokenizer.pad_token_id
     return trainer
-
-
-def checkpoint_step(checkpoint: str) -> int:
-    """The global step a checkpoint was saved at (from its trainer_state.json)."""
-    state = Path(checkpoint) / "trainer_state.json"
-    if not state.is_file():
-        raise AlignkitError("not a complete checkpoint (no trainer_state.json)",
-                            where=f"train.resume_from_checkpoint: {checkpoint}")
-    return int(json.loads(state.read_text())["global_step"])
-
-
-def planned_steps(trainer: Any) -> int:
-    """The optimizer steps the schedule runs to: max_steps, or epochs x update steps per epoch."""
-    args = trainer.args
-    if args.max_steps > 0:
-        return args.max_steps
-    per_epoch = max(1, math.ceil(len(trainer.get_train_dataloader()) / args.gradient_accumulation_steps))
-    return math.ceil(args.num_train_epochs * per_epoch)
-
-
-def train(trainer: Any, resume: str | None) -> Any:
-    """Train, resuming model, optimizer, scheduler and data order from `resume`; refuse a no-op resume."""
-    if resume:
-        start, total = checkpoint_step(resume), planned_steps(trainer)
-        if start >= total:
-            # transformers would return at once (or run one stray step): say so, never skip silently.
-            raise AlignkitError(
-                f"checkpoint is at step {start} and the schedule ends at step {total}; nothing would be "
-                "trained (raise train.max_steps or train.num_train_epochs)",
-                where=f"train.resume_from_checkpoint: {resume}",
-            )
-        log.info("resuming from %s at step %d of %d", resume, start, total)
-    return trainer.train(resume_from_checkpoint=resume)
 
 
 def save_outputs(trainer: Any, recipe: Recipe, run_dir: RunDir) -> str | None:
