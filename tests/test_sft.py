@@ -320,3 +320,19 @@ def test_template_without_generation_markers_trains_assistant_turns_only(tiny_mo
     labels = trainer.data_collator([trainer.train_dataset[0]])["labels"][0].tolist()
     # Both assistant turns with their turn end, nothing of the system/user turns or the headers.
     assert tok.decode([t for t in labels if t != -100]) == "Eastvale.<|im_end|>The Ilsa.<|im_end|>"
+
+
+def test_rows_with_nothing_trained_within_max_length_are_counted_and_none_left_is_an_error(
+        tiny_model_dir, tmp_path, caplog):
+    long = {"messages": [{"role": "user", "content": "Where is Bresbis? " * 12},
+                         {"role": "assistant", "content": "Eastvale."}]}
+    data = write_jsonl(tmp_path / "mixed.jsonl", [CHAT_ROWS[1], long, CHAT_ROWS[2]])
+    with caplog.at_level("WARNING", logger="alignkit.sft"):
+        trainer = sft.build_trainer(sft_recipe(tiny_model_dir, data, tmp_path / "run", model={"max_length": 40}),
+                                    RunDir(tmp_path / "run"))
+    assert len(trainer.train_dataset) == 2
+    assert "dropped 1 of 3 rows of data.datasets with no trained token within model.max_length=40" in caplog.text
+    only_long = write_jsonl(tmp_path / "long.jsonl", [long])
+    with pytest.raises(AlignkitError, match="no row of data.datasets has a trained token within 40 tokens"):
+        sft.build_trainer(sft_recipe(tiny_model_dir, only_long, tmp_path / "run2", model={"max_length": 40}),
+                          RunDir(tmp_path / "run2"))

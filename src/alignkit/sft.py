@@ -189,6 +189,17 @@ def sft_config(recipe: Recipe, run_dir: RunDir, tokenizer: Any, conversational: 
     )
 
 
+def check_rows_left(prepared: Any, given: int, max_length: int, where: str) -> None:
+    """Count the rows TRL dropped for having no trained token within max_length; refuse when none is left."""
+    dropped = given - len(prepared)
+    if dropped and dropped == given:
+        raise AlignkitError(f"no row of {where} has a trained token within {max_length} tokens (the prompt "
+                            "alone fills them); raise model.max_length", where="model.max_length")
+    if dropped:
+        log.warning("dropped %d of %d rows of %s with no trained token within model.max_length=%d tokens",
+                    dropped, given, where, max_length)
+
+
 def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
     """An SFTTrainer with tokenized data, the model (full, LoRA or QLoRA) and alignkit's callback."""
     tokenizer = load_tokenizer(recipe.model)
@@ -204,6 +215,10 @@ def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
     config = sft_config(recipe, run_dir, tokenizer, conversational, eval_ds is not None)
     trainer = sft_trainer_class()(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                                   processing_class=tokenizer, callbacks=[metrics_callback(run_dir)])
+    if not recipe.data.packing:  # TRL truncates each row to max_length and drops rows left with no label
+        check_rows_left(trainer.train_dataset, len(train_ds), recipe.model.max_length, "data.datasets")
+        if eval_ds is not None:
+            check_rows_left(trainer.eval_dataset, len(eval_ds), recipe.model.max_length, "the eval rows")
     if is_quantized(recipe):
         match_adapter_dtype(trainer.model, DTYPES[recipe.quantization.bnb_4bit_compute_dtype])
     if recipe.data.packing and packed_layout(recipe, model) == "rows":
