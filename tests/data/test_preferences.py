@@ -161,6 +161,10 @@ def test_sharegpt_preference_rows():
     assert to_ranking(row, "sg.jsonl:1", fmt="preference") == {
         "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a river."}],
         "responses": ["The Ilsa.", "A hill."], "margin": 0.0}
+    # ShareGPT role names inside role/content messages are mapped too.
+    row = {"conversations": [{"role": "human", "content": "Name a river."}],
+           "chosen": {"role": "gpt", "content": "The Ilsa."}, "rejected": "A hill."}
+    assert to_ranking(row, "sg.jsonl:2")["prompt"] == [{"role": "user", "content": "Name a river."}]
 
 
 @pytest.mark.parametrize("row, message", [

@@ -46,10 +46,10 @@ def parse_hh(text: str) -> list[dict[str, str]] | None:
 def _message(value: Any, where: str) -> dict[str, str]:
     """One {role, content} message; ShareGPT's {from, value} spelling is accepted."""
     if isinstance(value, dict):
-        role = value.get("role", SHAREGPT_ROLES.get(value.get("from", "")))
+        role = value.get("role", value.get("from"))
         content = value.get("content", value.get("value"))
         if isinstance(role, str) and isinstance(content, str):
-            return {"role": role, "content": content}
+            return {"role": SHAREGPT_ROLES.get(role, role), "content": content}
     raise AlignkitError(f"expected a {{role, content}} message, got {value!r:.60}", where=where)
 
 
