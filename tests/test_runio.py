@@ -6,7 +6,15 @@ import json
 import pytest
 
 from alignkit.errors import AlignkitError
-from alignkit.runio import MetricsLogger, RunDir, atomic_dir, atomic_write_json, read_metrics, redact
+from alignkit.runio import (
+    MetricsLogger,
+    RunDir,
+    atomic_dir,
+    atomic_write_json,
+    disk_full_as_error,
+    read_metrics,
+    redact,
+)
 
 
 def test_finished_run_is_not_overwritten(tmp_path):
@@ -106,3 +114,12 @@ def test_metrics_logger_writes_jsonl_and_nan_as_null(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[0]["loss"] == 1.5 and rows[1]["loss"] is None
     json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])
+
+
+def test_disk_full_anywhere_in_a_stage_names_the_file(tmp_path):
+    with pytest.raises(AlignkitError, match="no space left on device") as caught, disk_full_as_error(tmp_path):
+        with open(tmp_path / "metrics.jsonl", "a"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.jsonl"))
+    assert caught.value.where == str(tmp_path / "metrics.jsonl")
+    with pytest.raises(PermissionError), disk_full_as_error(tmp_path):  # other errors pass through
+        raise PermissionError(errno.EACCES, "Permission denied")

@@ -53,7 +53,7 @@ def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None)
     """Run a validated recipe (the pipeline calls this for each step): preflight, folder, stage, marker last."""
     from alignkit.config.base import resolve_precision
     from alignkit.preflight import preflight
-    from alignkit.runio import RunDir
+    from alignkit.runio import RunDir, disk_full_as_error
 
     preflight(recipe, training=True)  # before anything is written or any model loads
     resolve_precision(recipe.train)  # train.bf16/fp16: true on a machine without it stops here, not after loading
@@ -72,7 +72,8 @@ def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None)
         from transformers import set_seed
 
         set_seed(recipe.seed)
-        metrics = module.run(recipe, run_dir, recipe_path)
+        with disk_full_as_error(run_dir.path):  # a full disk anywhere in the stage: one line, not a traceback
+            metrics = module.run(recipe, run_dir, recipe_path)
     if main_process and recipe.stage != "pipeline":
         run_dir.finish(metrics or {}, stage=recipe.stage, recipe=str(recipe_path))
         if recipe.hub is not None and recipe.hub.push_on_finish:

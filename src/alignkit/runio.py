@@ -76,12 +76,25 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def disk_full_error(path: str | Path) -> AlignkitError:
-    """The one-line error for a write that ran out of space (its partial output already removed)."""
+    """The one-line error for a write that ran out of space."""
     return AlignkitError(
-        "no space left on device; the partial write was removed and everything saved before is intact "
-        "(free space, then rerun with train.resume_from_checkpoint=true)",
+        "no space left on device; no half-written checkpoint or model is kept and everything saved before "
+        "is intact (free space, then rerun with train.resume_from_checkpoint=true)",
         where=str(path),
     )
+
+
+@contextmanager
+def disk_full_as_error(path: str | Path) -> Iterator[None]:
+    """Turn running out of space anywhere inside the block into the one-line error (naming the file if known)."""
+    try:
+        yield
+    except AlignkitError:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(getattr(exc, "filename", None) or path) from exc
+        raise
 
 
 def replace_dir(src: str | Path, final: str | Path) -> None:
