@@ -40,7 +40,8 @@ def parse_hh(text: str) -> list[dict[str, str]] | None:
     parts = HH_TURN.split("\n\n" + text.lstrip())  # ["", "Human", " q", "Assistant", " a", ...]
     if len(parts) < 3 or parts[0] or "Assistant" not in parts[1::2]:
         return None
-    return [{"role": HH_ROLES[name], "content": body.strip()} for name, body in zip(parts[1::2], parts[2::2], strict=True)]
+    turns = zip(parts[1::2], parts[2::2], strict=True)
+    return [{"role": HH_ROLES[name], "content": body.strip()} for name, body in turns]
 
 
 def _message(value: Any, where: str) -> dict[str, str]:
