@@ -99,7 +99,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 def safe_load(text: str) -> Any:
     """yaml.safe_load semantics (no tags, no objects), but a duplicate key is an error."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no tags, no objects
+    loader = UniqueKeyLoader(text)  # what yaml.safe_load does, with this SafeLoader subclass: no tags, no objects
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 # Jinja (a chat template) starts like a YAML flow mapping; such override values are taken verbatim.
