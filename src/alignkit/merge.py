@@ -26,7 +26,7 @@ def load_for_merge(adapter_dir: str, dtype: str = "float32") -> Any:
     """Base (dequantized if it was trained in 4-bit) + adapter, merged and unloaded."""
     import torch
 
-    from alignkit.models import adapter_base, attach_adapter, load_causal_lm
+    from alignkit.models import adapter_base, attach_adapter, dequantize, load_causal_lm
 
     base = adapter_base(adapter_dir)
     if base is None:
@@ -36,7 +36,7 @@ def load_for_merge(adapter_dir: str, dtype: str = "float32") -> Any:
     if quant_file.is_file():
         quant = QuantizationSection(**json.loads(quant_file.read_text()))
         model = load_causal_lm(section, quant)
-        model = model.dequantize()
+        model = dequantize(model)  # GPT-2's Conv1D layers stay Conv1D
         model = model.to(getattr(torch, dtype))
     else:
         model = load_causal_lm(section)

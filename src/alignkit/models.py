@@ -56,6 +56,12 @@ def tokenizer_source(model: ModelSection) -> str:
     return adapter_base(path) or path
 
 
+def has_tokenizer(model: ModelSection) -> bool:
+    """False only for a local folder without tokenizer files (weights only) and no model.tokenizer."""
+    source = Path(tokenizer_source(model))
+    return not source.is_dir() or any((source / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json"))
+
+
 def load_tokenizer(model: ModelSection, padding_side: str = "right", chat: bool = False) -> Any:
     """Load the tokenizer, apply the recipe's chat template, and make sure PAD exists and differs from EOS.
 
@@ -192,9 +198,11 @@ def load_causal_lm(model: ModelSection, quant: QuantizationSection | None = None
     qcfg = quantization_config(quant)
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
+    if tokenizer is None and has_tokenizer(model):
+        tokenizer = load_tokenizer(model)
     lm = _from_pretrained(AutoModelForCausalLM, base or model.name_or_path, model, "model.name_or_path", **kwargs)
-    grow_embeddings(lm, len(tokenizer))
+    if tokenizer is not None:  # a weights-only folder has no tokenizer that could have grown
+        grow_embeddings(lm, len(tokenizer))
     if base is not None:
         lm = attach_adapter(lm, model.name_or_path, is_trainable=adapter_trainable)
     return lm
@@ -466,7 +474,31 @@ def merge_dequantized(model: Any) -> Any:
     qcfg = base.config.quantization_config
     # 4-bit layers compute in bnb_4bit_compute_dtype: the dequantized weights keep the trained arithmetic.
     dtype = getattr(qcfg, "bnb_4bit_compute_dtype", None) if getattr(qcfg, "load_in_4bit", False) else None
-    base = base.dequantize(dtype=dtype or base.get_input_embeddings().weight.dtype)
+    base = dequantize(base, dtype or base.get_input_embeddings().weight.dtype)
     fresh = get_peft_model(base, peft_config, adapter_name=name)
     set_peft_model_state_dict(fresh, state, adapter_name=name)
     return fresh.merge_and_unload()
+
+
+def dequantize(model: Any, dtype: torch.dtype | None = None) -> Any:
+    """A 4/8-bit model in plain floats, each layer back in its own class (GPT-2's Conv1D, not nn.Linear).
+
+    transformers' dequantize() makes every bitsandbytes layer an nn.Linear, but a Conv1D stores its
+    weight transposed ([in, out]): saved that way, GPT-2's checkpoint no longer loads into GPT-2.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    conv1d = [name for name, module in model.named_modules()
+              if isinstance(getattr(module, "source_cls", None), type) and issubclass(module.source_cls, Conv1D)]
+    model = model.dequantize(dtype=dtype)
+    for name in conv1d:
+        linear = model.get_submodule(name)
+        with torch.device("meta"):
+            layer = Conv1D(linear.out_features, linear.in_features)
+        layer.weight = torch.nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
+        if linear.bias is not None:
+            layer.bias = torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+        else:
+            layer.bias = None
+        model.set_submodule(name, layer)
+    return model

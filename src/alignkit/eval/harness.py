@@ -245,8 +245,12 @@ def preflight(section: EvalSection) -> None:
     """What can be refused from configs and tokenizers alone, before any model generates."""
     from alignkit.models import load_tokenizer, same_vocabulary
 
-    for m in section.models:
+    for i, m in enumerate(section.models):
         prompt_budget(context_length(m.path), section.generation.max_new_tokens, m.name)
+        if m.prompting == "chat" and not load_tokenizer(ModelSection(name_or_path=m.path)).chat_template:
+            raise AlignkitError(f"model {m.name!r} has no chat template (a base model?); ask it with prompting: "
+                                f"fewshot or raw, or evaluate a folder that has one (an SFT run's model)",
+                                where=f"eval.models[{i}].prompting")
     paths = {m.name: m.path for m in section.models}
     for i, m in enumerate(section.models):
         if not m.ref:
