@@ -21,7 +21,14 @@ from alignkit.cli import main, train
 from alignkit.config.base import ModelSection, PeftSection, QuantizationSection
 from alignkit.errors import AlignkitError
 from alignkit.merge import QUANT_FILE, merge_adapter
-from alignkit.models import ADDED_PAD, apply_lora, load_causal_lm, load_reward_model, load_tokenizer
+from alignkit.models import (
+    ADDED_PAD,
+    apply_lora,
+    dequantize,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+)
 from alignkit.reward_model import RewardScorer
 from tests.conftest import CHAT_ROWS, REPO, SHIPPED_BASE, write_jsonl
 from tests.data.test_templates import bpe_tokenizer
@@ -136,6 +143,24 @@ def test_eval_of_a_model_without_chat_template_asked_in_chat_is_one_line(arch_di
     assert rc == 2 and "\n" not in err
     assert err.startswith("alignkit: error: eval.models[0].prompting: model 'base' has no chat template")
     assert "prompting: fewshot or raw" in err and not (tmp_path / "eval" / "completions").exists()
+
+
+def test_dequantized_gpt2_keeps_its_conv1d_layers_and_saves_loadable_weights(arch_dirs, tmp_path):
+    """Regression: transformers' dequantize() made GPT-2's Conv1D layers nn.Linear; the saved weights, transposed,
+    no longer loaded into GPT-2 (what `alignkit merge` and PPO/reward QLoRA saves write)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    section = ModelSection(name_or_path=str(arch_dirs["gpt2"]))
+    quantized = load_causal_lm(section, QuantizationSection(load_in_4bit=True)).eval()
+    with torch.no_grad():
+        want = quantized(input_ids=IDS).logits
+    plain = dequantize(quantized, torch.float32)
+    assert isinstance(plain.transformer.h[0].attn.c_attn, Conv1D)
+    plain.save_pretrained(str(tmp_path / "plain"))
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(str(tmp_path / "plain")).eval()(input_ids=IDS).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 # ---- the matrix: every stage on every architecture, run as users run it ------------------------------------
