@@ -19,12 +19,12 @@ from alignkit.data.preferences import load_preference_datasets, to_pairs
 from alignkit.errors import AlignkitError
 from alignkit.models import (
     DTYPES,
-    adapter_base,
     load_causal_lm,
     load_tokenizer,
     lora_config,
     match_adapter_dtype,
 )
+from alignkit.reference import ADAPTER_DISABLED, FROZEN_ADAPTER, resolve_mode, without_reference_adapter
 from alignkit.reward_model import reward_input_ids
 from alignkit.runio import RunDir
 from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, save_final_model, train
@@ -129,15 +129,16 @@ def build_models(recipe: Recipe, section: DPOSection, tokenizer: Any) -> tuple[A
     """(policy, ref_model, peft_config) for DPOTrainer: full, fresh LoRA/QLoRA, or a trainable SFT adapter."""
     quant = recipe.quantization
     quantized = bool(quant and (quant.load_in_4bit or quant.load_in_8bit))
-    is_adapter = adapter_base(recipe.model.name_or_path) is not None
-    if recipe.peft is not None and is_adapter:
+    # The shared reference rule (alignkit.reference) decides which of TRL's three references to ask for.
+    mode = resolve_mode(recipe.model.name_or_path, recipe.peft is not None)
+    if recipe.peft is not None and mode == FROZEN_ADAPTER:
         raise AlignkitError("the model is already a LoRA adapter; merge it first (alignkit merge) or drop the "
                             "peft section to keep training that adapter", where="peft")
     if quantized and recipe.peft is None:
         raise AlignkitError("a quantized model cannot be fully fine-tuned; add a peft section (QLoRA)",
                             where="quantization")
-    policy = load_causal_lm(recipe.model, quant, tokenizer, adapter_trainable=is_adapter)
-    if recipe.peft is not None:
+    policy = load_causal_lm(recipe.model, quant, tokenizer, adapter_trainable=mode == FROZEN_ADAPTER)
+    if mode == ADAPTER_DISABLED:
         if quantized:
             from peft import prepare_model_for_kbit_training
 
@@ -145,7 +146,7 @@ def build_models(recipe: Recipe, section: DPOSection, tokenizer: Any) -> tuple[A
                 policy, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
         # TRL wraps the model itself and computes the reference with the adapter disabled.
         return policy, None, lora_config(recipe.peft, model=policy)
-    if is_adapter or section.precompute_ref_log_probs:
+    if mode == FROZEN_ADAPTER or section.precompute_ref_log_probs:
         return policy, None, None  # TRL copies the adapter as "ref", or scores the reference once up front
     ref_model = load_causal_lm(recipe.model, None, tokenizer).eval()
     ref_model.requires_grad_(False)
@@ -199,10 +200,7 @@ def last_logged(log_history: list[dict[str, Any]], keys: tuple[str, ...]) -> dic
 
 def final_policy(trainer: Any) -> Any:
     """The trained policy without TRL's frozen "ref" adapter (it must not be saved beside the result)."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if "ref" in getattr(model, "peft_config", {}):
-        model.delete_adapter("ref")
-    return model
+    return without_reference_adapter(trainer.accelerator.unwrap_model(trainer.model))
 
 
 def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:

@@ -46,13 +46,13 @@ FLASH_ATTENTION = {"flash_attention_2": is_flash_attn_2_available, "flash_attent
 INPUT_KEYS = (
     "model.name_or_path", "model.tokenizer", "model.chat_template",
     "data.datasets.*.path", "data.eval_datasets.*.path",
-    "ppo.reward_model", "ppo.value_model",
+    "ppo.reward_model", "ppo.value_model", "grpo.reward_model", "rloo.reward_model",
     "eval.models.*.path", "eval.prompts", "eval.fewshot_template", "eval.reward_model", "eval.ppo_run",
     "eval.judge.path", "eval.judge.template", "eval.judge.labels",
     "pipeline.steps.*.recipe",
 )
-MODEL_KEYS = ("model.name_or_path", "ppo.reward_model", "ppo.value_model", "eval.models.*.path",
-              "eval.reward_model", "eval.judge.path")
+MODEL_KEYS = ("model.name_or_path", "ppo.reward_model", "ppo.value_model", "grpo.reward_model", "rloo.reward_model",
+              "eval.models.*.path", "eval.reward_model", "eval.judge.path")
 
 
 def preflight(recipe: Recipe, *, training: bool = False) -> None:

@@ -13,7 +13,7 @@ from alignkit.cli import train
 from alignkit.config.recipe import validate_recipe
 from alignkit.errors import AlignkitError
 from alignkit.eval.harness import load_prompts, resolve_pairs
-from alignkit.ppo.checkpoint import KL_KEY
+from alignkit.rl.checkpoint import KL_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "data" / "models" / "tiny-base")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from alignkit.ppo import core
+from alignkit.rl import core
 
 EOS, PAD = 1, 0
 

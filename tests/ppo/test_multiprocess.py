@@ -16,7 +16,7 @@ SCRIPT = '''
 import copy, importlib.util, sys, torch
 spec = importlib.util.spec_from_file_location("ppo_conftest", sys.argv[1])
 c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c)
-from alignkit.ppo.trainer import PPOConfig, PPOTrainer
+from alignkit.rl.trainer import RLConfig as PPOConfig, RLTrainer as PPOTrainer
 torch.set_num_threads(1)
 tok = c.make_tokenizer()
 cfg = PPOConfig(learning_rate=3e-3, critic_learning_rate=3e-3, num_rollouts=2, rollout_batch_size=16,
@@ -52,7 +52,7 @@ spec = importlib.util.spec_from_file_location("ppo_conftest", sys.argv[1])
 c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c)
 from accelerate import Accelerator, PartialState
 PartialState(cpu=True)
-from alignkit.ppo.trainer import PPOConfig, PPOTrainer
+from alignkit.rl.trainer import RLConfig as PPOConfig, RLTrainer as PPOTrainer
 torch.set_num_threads(1)
 n = PartialState().num_processes
 tok = c.make_tokenizer()

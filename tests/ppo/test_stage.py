@@ -1,12 +1,12 @@
-"""The stage's glue: a RewardScorer as PPOTrainer's reward callable."""
+"""The stage's glue: rewards, prompts, the saved policy and the trainer config from a recipe."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from alignkit.ppo.stage import scorer_reward_fn
 from alignkit.reward_model import RewardScorer
+from alignkit.rl.rewards import scorer_reward_fn
 
 
 def test_scorer_reward_fn_scores_prompt_plus_response_at_its_last_token(tiny, ppo_tokenizer):
@@ -22,7 +22,7 @@ def test_scorer_reward_fn_scores_prompt_plus_response_at_its_last_token(tiny, pp
 
 
 def test_oracle_reward_fn_scores_each_response_against_its_prompts_meta(ppo_tokenizer):
-    from alignkit.ppo.stage import oracle_reward_fn
+    from alignkit.rl.rewards import oracle_reward_fn
     from alignkit.world import oracle
 
     tok = ppo_tokenizer
@@ -42,7 +42,7 @@ def test_oracle_reward_fn_scores_each_response_against_its_prompts_meta(ppo_toke
 def test_oracle_reward_needs_prompt_rows_with_meta(tmp_path, ppo_tokenizer):
     from alignkit.config.recipe import validate_recipe
     from alignkit.errors import AlignkitError
-    from alignkit.ppo.stage import load_prompts
+    from alignkit.rl.prompts import load_prompts
 
     data = tmp_path / "prompts.jsonl"
     data.write_text('{"prompt": "Where is Bresbis?"}\n')
@@ -50,7 +50,7 @@ def test_oracle_reward_needs_prompt_rows_with_meta(tmp_path, ppo_tokenizer):
                               "data": {"datasets": [{"path": str(data)}]},
                               "ppo": {"reward_model": "x", "reward": "oracle"}})
     with pytest.raises(AlignkitError, match="needs a 'meta' column") as err:
-        load_prompts(recipe, ppo_tokenizer, with_meta=True)
+        load_prompts(recipe.data.datasets, ppo_tokenizer, 200, "limit", with_meta=True)
     assert "data.datasets.0" in str(err.value)
 
 
@@ -71,8 +71,8 @@ def test_4bit_policy_is_saved_as_the_trained_policy(mode, tmp_path, tiny_model_d
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from alignkit.config.recipe import validate_recipe
-    from alignkit.ppo.modules import add_frozen_adapter_copy
-    from alignkit.ppo.stage import build_policy, save_policy
+    from alignkit.online_stage import build_policy, save_policy
+    from alignkit.reference import add_frozen_adapter_copy
     from alignkit.runio import RunDir
 
     start = str(tiny_model_dir)
@@ -104,7 +104,7 @@ def test_4bit_policy_is_saved_as_the_trained_policy(mode, tmp_path, tiny_model_d
 
 def test_ppo_config_takes_save_total_limit_from_train(tmp_path):
     from alignkit.config.recipe import validate_recipe
-    from alignkit.ppo.stage import ppo_config
+    from alignkit.online_stage import trainer_config as ppo_config
 
     raw = {"stage": "ppo", "output_dir": str(tmp_path / "run"), "model": {"name_or_path": "x"},
            "data": {"datasets": [{"path": "data/world/rl_prompts.jsonl"}]}, "ppo": {"reward_model": "x"}}

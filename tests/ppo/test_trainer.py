@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from alignkit.ppo.checkpoint import KL_KEY
-from alignkit.ppo.modules import FROZEN_ADAPTER, REF_ADAPTER, response_logits
-from alignkit.ppo.trainer import PPOConfig, PPOTrainer
+from alignkit.reference import FROZEN_ADAPTER, REF_ADAPTER
+from alignkit.rl.checkpoint import KL_KEY
+from alignkit.rl.modules import response_logits
+from alignkit.rl.trainer import RLConfig as PPOConfig
+from alignkit.rl.trainer import RLTrainer as PPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 METRICS = ["objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward",
@@ -149,8 +151,8 @@ def test_checkpoint_and_resume_continue_exactly(tiny, ppo_tokenizer, tmp_path: P
 
 def test_save_total_limit_keeps_the_newest_complete_checkpoints(tiny, ppo_tokenizer, tmp_path: Path, monkeypatch):
     """train.save_total_limit: older checkpoints go only once the new one is complete; others are left alone."""
-    from alignkit.ppo import trainer as trainer_module
-    from alignkit.ppo.checkpoint import complete_checkpoints
+    from alignkit.rl import trainer as trainer_module
+    from alignkit.rl.checkpoint import complete_checkpoints
 
     tok = ppo_tokenizer
     (tmp_path / "checkpoint-0").mkdir(parents=True)  # an incomplete folder (no trainer_state.json): not ours

@@ -425,7 +425,7 @@ def compact_metrics(report: dict[str, Any]) -> dict[str, Any]:
 
 def ppo_checkpoints(ppo_run: str) -> list[tuple[Path, float]]:
     """(policy folder, KL from trainer_state.json) of every checkpoint of a PPO run, oldest first."""
-    from alignkit.ppo.checkpoint import KL_KEY
+    from alignkit.rl.checkpoint import KL_KEY
 
     root = Path(ppo_run) / "checkpoints"
     found = []

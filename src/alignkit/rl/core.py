@@ -1,7 +1,8 @@
-"""PPO for RLHF as small pure functions over [batch, response_len] tensors, named as in the papers.
+"""Online RL for LLMs (PPO, GRPO, RLOO) as small pure functions over [batch, response_len] tensors.
 
 Sources: InstructGPT (arXiv 2203.02155); "The N+ Implementation Details of RLHF with PPO"
-(arXiv 2403.17031); Ziegler et al. 2019 (adaptive KL); Schulman, "Approximating KL divergence" (2020).
+(arXiv 2403.17031); Ziegler et al. 2019 (adaptive KL); Schulman, "Approximating KL divergence" (2020);
+GRPO (DeepSeekMath, arXiv 2402.03300); Dr. GRPO (arXiv 2503.20783); RLOO (Ahmadian et al., arXiv 2402.14740).
 `mask` is 1 on valid response tokens (up to and including the first EOS) and 0 on padding.
 """
 
@@ -138,6 +139,26 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         advantages[:, t] = next_advantage
     returns = advantages + values
     return advantages, returns
+
+
+def group_relative_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
+                              eps: float = 1e-4) -> torch.Tensor:
+    """GRPO: (r - mean_group) / (std_group + eps) over consecutive groups; scale=False is Dr. GRPO."""
+    # Dr. GRPO drops the std division: it up-weights groups whose rewards barely differ (too easy or too hard).
+    grouped = rewards.reshape(-1, group_size)
+    advantages = grouped - grouped.mean(-1, keepdim=True)
+    if scale:
+        advantages = advantages / (grouped.std(-1, keepdim=True) + eps)  # Bessel-corrected, as GRPO and TRL
+    return advantages.reshape(-1)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO: r_i - mean_{j != i} r_j within consecutive groups of `group_size` (needs group_size >= 2)."""
+    if group_size < 2:
+        raise ValueError("leave-one-out needs at least 2 samples per prompt")
+    grouped = rewards.reshape(-1, group_size)
+    baseline = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - baseline).reshape(-1)
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,

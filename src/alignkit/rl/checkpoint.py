@@ -1,4 +1,4 @@
-"""PPO checkpoint folders: weights saved the way users load them (save_pretrained), loaded back in place."""
+"""Online-RL checkpoint folders (PPO, GRPO, RLOO): weights saved with save_pretrained, loaded back in place."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from alignkit.ppo.modules import REF_ADAPTER, is_peft_model
+from alignkit.reference import REF_ADAPTER, is_peft_model
 
 CHECKPOINT_PREFIX = "checkpoint-"
 # trainer_state.json's key for the checkpoint's KL to the reference (objective/kl of its last rollout):
