@@ -131,3 +131,26 @@ def test_jinja_overrides_are_plain_strings():
                                "a.b=Hello {{ name }}", "a.c={ x: 1 }"])
     assert raw["model"] == {"chat_template": template, "revision": "{{ not_yaml }}"}
     assert raw["a"] == {"b": "Hello {{ name }}", "c": {"x": 1}}  # YAML that is not Jinja still parses
+
+
+PPO = {"stage": "ppo", "output_dir": "runs/p", "model": {"name_or_path": "data/models/tiny-sft"},
+       "data": {"datasets": [{"path": "data/world/rl_prompts.jsonl"}]},
+       "ppo": {"reward_model": "data/models/tiny-rm"}}
+
+
+@pytest.mark.parametrize("key,value", [("bf16", True), ("gradient_checkpointing", True), ("optim", "adafactor"),
+                                       ("warmup_ratio", 0.1), ("per_device_train_batch_size", 4)])
+def test_a_train_key_the_stage_ignores_is_refused_by_name(tmp_path, key, value):
+    path = write(tmp_path, {**PPO, "train": {key: value}})
+    with pytest.raises(AlignkitError) as err:
+        load_recipe(path)
+    assert f"train.{key} is not used by stage ppo" in str(err.value)
+    assert str(err.value).startswith(str(path))
+
+
+def test_train_keys_the_stage_reads_or_left_at_default_are_accepted(tmp_path):
+    train = {"learning_rate": 1e-5, "max_grad_norm": 0.5, "save_total_limit": None, "report_to": [],
+             "bf16": False, "optim": "adamw_torch"}  # the last two are the defaults: harmless
+    recipe = load_recipe(write(tmp_path, {**PPO, "train": train}))
+    assert recipe.train.learning_rate == 1e-5
+    assert load_recipe(write(tmp_path, {**BASE, "train": {"bf16": "auto", "optim": "adafactor"}})).train.bf16 == "auto"

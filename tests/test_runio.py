@@ -2,18 +2,26 @@
 
 import errno
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
 from alignkit.errors import AlignkitError
 from alignkit.runio import (
+    QUANT_FILE,
     MetricsLogger,
     RunDir,
     atomic_dir,
     atomic_write_json,
+    atomic_write_text,
     disk_full_as_error,
+    latest_checkpoint,
     read_metrics,
+    read_quantization_record,
     redact,
+    save_model,
 )
 
 
@@ -123,3 +131,88 @@ def test_disk_full_anywhere_in_a_stage_names_the_file(tmp_path):
     assert caught.value.where == str(tmp_path / "metrics.jsonl")
     with pytest.raises(PermissionError), disk_full_as_error(tmp_path):  # other errors pass through
         raise PermissionError(errno.EACCES, "Permission denied")
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield 0o027
+    os.umask(old)
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """mkstemp/mkdtemp create 0600/0700; what the run publishes gets 0644/0755 (umask 022), as open/mkdir would."""
+    old = os.umask(0o022)
+    try:
+        text = atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "folder") as tmp:
+            (tmp / "w.bin").write_bytes(b"1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(text.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "folder" / "w.bin").stat().st_mode) == 0o644
+
+
+def test_atomic_writes_follow_the_umask(tmp_path, umask_027):
+    text = atomic_write_json(tmp_path / "run.json", {"a": 1})
+    with atomic_dir(tmp_path / "model"):
+        pass
+    assert stat.S_IMODE(text.stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o750
+
+
+def test_one_checkpoint_discovery_for_run_folders_and_checkpoint_folders(tmp_path):
+    rd = RunDir(tmp_path)
+    for step, complete in [(5, True), (20, True), (30, False)]:
+        folder = rd.checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (rd.checkpoints / ".tmp-checkpoint-40").mkdir()
+    assert latest_checkpoint(rd.checkpoints) == rd.checkpoints / "checkpoint-20"
+    assert rd.latest_checkpoint() == rd.checkpoints / "checkpoint-20"  # numeric order, not text (5 < 20)
+    assert latest_checkpoint(tmp_path / "none") is None
+
+
+class FakePretrained:
+    """Stands in for a model or tokenizer: save_pretrained writes the files transformers/PEFT would."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def save_pretrained(self, folder, **kwargs):
+        for name, text in self.files.items():
+            (Path(folder) / name).write_text(text)
+
+
+def test_save_model_is_atomic_and_records_the_model_kind_and_quantization(tmp_path):
+    rd = RunDir(tmp_path)
+    assert rd.model_record() == {}
+    tokenizer = FakePretrained({"tokenizer.json": "{}"})
+    quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    save_model(FakePretrained({"adapter_config.json": "{}"}), tokenizer, rd.model_dir, quantization=quant)
+    assert rd.model_record() == {"model_kind": "adapter"}
+    assert read_quantization_record(rd.model_dir) == quant
+    assert json.loads((rd.model_dir / QUANT_FILE).read_text()) == quant
+    save_model(FakePretrained({"config.json": "{}"}), tokenizer, rd.model_dir)
+    assert rd.model_record() == {"model_kind": "full"}
+    assert read_quantization_record(rd.model_dir) is None  # replaced as a whole: no stale record
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert (rd.adapter_dir, rd.merged_dir) == (tmp_path / "adapter", tmp_path / "merged")
+
+
+def test_save_model_that_fails_keeps_the_previous_model(tmp_path):
+    rd = RunDir(tmp_path)
+    tokenizer = FakePretrained({"tokenizer.json": "{}"})
+    save_model(FakePretrained({"config.json": "old"}), tokenizer, rd.model_dir)
+
+    class Broken(FakePretrained):
+        def save_pretrained(self, folder, **kwargs):
+            super().save_pretrained(folder)
+            raise RuntimeError("killed mid-save")
+
+    with pytest.raises(RuntimeError):
+        save_model(Broken({"config.json": "new"}), tokenizer, rd.model_dir)
+    assert (rd.model_dir / "config.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

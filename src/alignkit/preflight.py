@@ -34,9 +34,10 @@ from alignkit.config import Recipe
 from alignkit.config.base import DatasetSpec
 from alignkit.config.recipe import apply_overrides, load_yaml
 from alignkit.errors import AlignkitError
-from alignkit.pipeline import resolve_refs, step_outputs, step_recipe
+from alignkit.stages import REGISTRY
+from alignkit.stages.steps import resolve_refs, step_outputs, step_recipe
 
-TRAINING_STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
+TRAINING_STAGES = tuple(name for name, spec in REGISTRY.items() if spec.trains)
 SPLITS_FOR_EVAL = ("sft", "dpo")  # the stages that hold out data.eval_split_size of their rows
 TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".txt")
 FLASH_ATTENTION = {"flash_attention_2": is_flash_attn_2_available, "flash_attention_3": is_flash_attn_3_available,
