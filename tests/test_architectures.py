@@ -198,7 +198,8 @@ class Chain:
     def run(self, name: str, recipe: str, values: dict[str, Any]) -> dict[str, Any]:
         """`alignkit train recipes/<recipe> output_dir=... key=value ...` once; its final metrics."""
         if name not in self.metrics:
-            values = {"output_dir": str(self.root / name), "train.report_to": [], **values}
+            quiet = {} if recipe.startswith("eval") else {"train.report_to": []}  # eval has no train section
+            values = {"output_dir": str(self.root / name), **quiet, **values}
             self.metrics[name] = train(str(REPO / "recipes" / recipe), as_overrides(values))
         return self.metrics[name]
 
