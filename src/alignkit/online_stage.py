@@ -113,8 +113,6 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     s, stage = section_of(recipe), recipe.stage
     config = trainer_config(recipe)
     config.local_sizes(1)  # batch arithmetic is an error before any model loads
-    if s.reward not in {"model", "oracle"}:
-        import_reward_fn(s.reward, f"{stage}.reward")  # an unimportable callable too
     torch.manual_seed(recipe.seed)
     accelerator = Accelerator(gradient_accumulation_steps=recipe.train.gradient_accumulation_steps)
     resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from alignkit.config.base import Section
+from alignkit.rl.user_reward import load_callable
 
 CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # module.path:function
 
@@ -42,8 +43,10 @@ class OnlineRLSection(Section):
     @field_validator("reward")
     @classmethod
     def _reward_kind(cls, value: str) -> str:
-        if value not in {"model", "oracle"} and not CALLABLE.match(value):
-            raise ValueError("reward is model, oracle or a Python callable written module.path:function")
+        if value not in {"model", "oracle"}:
+            if not CALLABLE.match(value):
+                raise ValueError("reward is model, oracle or a Python callable written module.path:function")
+            load_callable(value)  # importable, with the reward's arguments: an error before any model loads
         return value
 
     @model_validator(mode="after")

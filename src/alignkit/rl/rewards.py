@@ -6,18 +6,16 @@ response ids end with EOS when the response did, and texts have special tokens r
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.rl.user_reward import load_callable
 from alignkit.world import oracle
 
 RewardFn = Callable[[list[str], list[str], list[list[int]], list[list[int]]], Any]
-REWARD_ARGS = ("prompts_text", "responses_text", "prompt_ids", "response_ids")
 
 
 def oracle_reward_fn(prompt_ids: list[list[int]], metas: list[dict], eos_token_id: int) -> RewardFn:
@@ -50,21 +48,10 @@ def scorer_reward_fn(scorer: Any, pad_token_id: int) -> RewardFn:
 
 def import_reward_fn(spec: str, where: str) -> RewardFn:
     """The user callable named `module.path:function`; a one-line error if it is missing or takes other arguments."""
-    module_name, _, name = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AlignkitError(f"cannot import {module_name} ({exc}); is it on PYTHONPATH?", where=where) from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise AlignkitError(f"{module_name} has no function {name}", where=where)
-    try:
-        inspect.signature(fn).bind(*REWARD_ARGS)
-    except TypeError:
-        raise AlignkitError(f"{spec} must take ({', '.join(REWARD_ARGS)}) and return one float per response",
-                            where=where) from None
-    except ValueError:
-        pass  # builtins without a signature: checked when called
+        fn = load_callable(spec)
+    except ValueError as exc:
+        raise AlignkitError(str(exc), where=where) from None
     return checked_reward_fn(fn, spec, where)
 
 
