@@ -221,7 +221,7 @@ def test_quantized_load_reads_the_checkpoint_without_mapping_it(tiny_model_dir):
     """A 4-bit load keeps no page of the full-precision file mapped: pread, not mmap (bench/memory.py)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from alignkit.models import read_checkpoints_without_mmap
+    from alignkit.memory import read_checkpoints_without_mmap
 
     weights = tiny_model_dir / "model.safetensors"
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)

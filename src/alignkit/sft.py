@@ -20,9 +20,17 @@ from alignkit.data.formats import normalize_sft_rows
 from alignkit.data.loading import load_spec
 from alignkit.data.templates import needs_prefix_masks, require_chat_template, tokenize_with_assistant_masks
 from alignkit.errors import AlignkitError
-from alignkit.merge import QUANT_FILE
-from alignkit.models import DTYPES, apply_lora, load_causal_lm, load_tokenizer, match_adapter_dtype
-from alignkit.runio import RunDir, atomic_write_json
+from alignkit.merge import merge_adapter
+from alignkit.models import (
+    DTYPES,
+    apply_lora,
+    is_quantized_config,
+    load_causal_lm,
+    load_tokenizer,
+    match_adapter_dtype,
+    quantization_record,
+)
+from alignkit.runio import RunDir
 from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, save_final_model, train
 
 log = logging.getLogger("alignkit.sft")
@@ -61,8 +69,7 @@ def split_eval(recipe: Recipe, train: Any) -> tuple[Any, Any]:
 
 def is_quantized(recipe: Recipe) -> bool:
     """True when the recipe loads a 4/8-bit base (QLoRA)."""
-    q = recipe.quantization
-    return bool(q and (q.load_in_4bit or q.load_in_8bit))
+    return is_quantized_config(recipe.quantization)
 
 
 def build_model(recipe: Recipe, tokenizer: Any) -> Any:
@@ -229,16 +236,13 @@ def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
 
 def save_outputs(trainer: Any, recipe: Recipe, run_dir: RunDir) -> str | None:
     """run_dir/model (adapter or full model), the QLoRA quantization record, and optionally run_dir/merged."""
-    save_final_model(trainer.model, trainer.processing_class, run_dir)
+    # Merging must dequantize the same 4-bit base the adapter was trained on: model/ records how it was built.
+    quantization = quantization_record(recipe.quantization) if recipe.peft is not None else None
+    save_final_model(trainer.model, trainer.processing_class, run_dir, quantization=quantization)
     if not trainer.is_world_process_zero() or recipe.peft is None:
         return None
-    if is_quantized(recipe):
-        # Merging must dequantize the same 4-bit base the adapter was trained on; record how it was built.
-        atomic_write_json(run_dir.model_dir / QUANT_FILE, recipe.quantization.model_dump())
     if recipe.sft and recipe.sft.merge_adapter:
-        from alignkit.merge import merge_adapter
-
-        return str(merge_adapter(str(run_dir.model_dir), str(run_dir.path / "merged")))
+        return str(merge_adapter(str(run_dir.model_dir), str(run_dir.merged_dir)))
     return None
 
 

@@ -20,10 +20,10 @@ from alignkit.runio import (
     CHECKPOINT_STATE,
     MetricsLogger,
     RunDir,
-    atomic_dir,
     disk_full_error,
     is_disk_full,
     replace_dir,
+    save_model,
 )
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,11 @@ def finish_from_checkpoint(trainer: Any, checkpoint: str) -> Any:
     return TrainOutput(trainer.state.global_step, loss, {"train_loss": loss})
 
 
-def save_final_model(model: Any, tokenizer: Any, run_dir: RunDir) -> None:
-    """Save model (or adapter) + tokenizer + chat template to run_dir/model in one atomic rename."""
+def save_final_model(model: Any, tokenizer: Any, run_dir: RunDir, quantization: dict[str, Any] | None = None) -> None:
+    """Save model (or adapter) + tokenizer + chat template to run_dir/model in one atomic rename.
+
+    `quantization`: the record of the 4/8-bit base an adapter was trained on (models.quantization_record).
+    """
     from accelerate import PartialState
 
     from alignkit.models import set_generation_eos
@@ -247,9 +250,7 @@ def save_final_model(model: Any, tokenizer: Any, run_dir: RunDir) -> None:
     if not PartialState().is_main_process:
         return
     set_generation_eos(model, tokenizer)
-    with atomic_dir(run_dir.model_dir) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+    save_model(model, tokenizer, run_dir.model_dir, quantization=quantization)
 
 
 def peak_memory_mb() -> float:

@@ -40,7 +40,7 @@ from alignkit.eval.generate import (
     response_logprobs,
     settings_hash,
 )
-from alignkit.eval.judges import Judge, build_judge, judge_both_orders
+from alignkit.eval.judges import Judge, build_judge, judge_both_orders, world_meta
 from alignkit.eval.report import render_markdown, write_report
 from alignkit.runio import RunDir, atomic_write_text, read_metrics
 
@@ -285,7 +285,6 @@ def pick_best_of_n(outputs: ModelOutputs, scores: torch.Tensor) -> None:
 
 def oracle_best_of_n(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]]) -> None:
     """Best-of-n ranked by the world's oracle: the gold reward's best-of-n, an upper bound for a learned RM."""
-    from alignkit.eval.judges import world_meta
     from alignkit.world import oracle
 
     for out in outputs.values():

@@ -44,6 +44,8 @@ class StageSpec:
     tags: tuple[str, ...] = ()  # Hub model-card tags
     train_keys: frozenset[str] = ALL_TRAIN_KEYS  # the `train:` keys it honours; others must keep their defaults
     trains: bool = True  # trains a model (checks optimiser, scheduler and report_to before the run)
+    model_keys: tuple[str, ...] = ()  # its section's keys naming model folders (preflight: safetensors, overlap)
+    input_keys: tuple[str, ...] = ()  # its section's keys naming other files it reads (preflight: overlap)
     owns_folder: bool = False  # manages its run folder itself (pipeline): no prepare, no seed, no run.json here
 
 
@@ -55,17 +57,24 @@ REGISTRY: dict[str, StageSpec] = {spec.name: spec for spec in (
     StageSpec("reward", "alignkit.reward:run", RewardSection, ("model", "data"),
               "reward modelling (Bradley-Terry / K-way ranking loss)", ("reward-model", "trl")),
     StageSpec("ppo", "alignkit.ppo.stage:run", PPOSection, ("model", "data", "ppo"),
-              "RLHF with PPO", ("ppo", "rlhf"), train_keys=ONLINE_RL_TRAIN_KEYS),
+              "RLHF with PPO", ("ppo", "rlhf"), train_keys=ONLINE_RL_TRAIN_KEYS,
+              model_keys=("ppo.reward_model", "ppo.value_model")),
     StageSpec("grpo", "alignkit.grpo:run", GRPOSection, ("model", "data", "grpo"),
-              "online RL with GRPO (group-relative advantages)", ("grpo", "rlhf"), train_keys=ONLINE_RL_TRAIN_KEYS),
+              "online RL with GRPO (group-relative advantages)", ("grpo", "rlhf"), train_keys=ONLINE_RL_TRAIN_KEYS,
+              model_keys=("grpo.reward_model",)),
     StageSpec("rloo", "alignkit.rloo:run", RLOOSection, ("model", "data", "rloo"),
-              "online RL with RLOO (leave-one-out baseline)", ("rloo", "rlhf"), train_keys=ONLINE_RL_TRAIN_KEYS),
+              "online RL with RLOO (leave-one-out baseline)", ("rloo", "rlhf"), train_keys=ONLINE_RL_TRAIN_KEYS,
+              model_keys=("rloo.reward_model",)),
     StageSpec("dpo", "alignkit.dpo:run", DPOSection, ("model", "data"),
               "direct preference optimisation (DPO)", ("dpo", "trl")),
     StageSpec("eval", "alignkit.eval.harness:run", EvalSection, ("eval",),
-              "win-rate evaluation", ("evaluation",), train_keys=LIFECYCLE_TRAIN_KEYS, trains=False),
+              "win-rate evaluation", ("evaluation",), train_keys=LIFECYCLE_TRAIN_KEYS, trains=False,
+              model_keys=("eval.models.*.path", "eval.reward_model", "eval.judge.path"),
+              input_keys=("eval.prompts", "eval.fewshot_template", "eval.ppo_run", "eval.judge.template",
+                          "eval.judge.labels")),
     StageSpec("pipeline", "alignkit.pipeline:run", PipelineSection, ("pipeline",),
-              "pipeline", (), train_keys=frozenset(), trains=False, owns_folder=True),
+              "pipeline", (), train_keys=frozenset(), trains=False, owns_folder=True,
+              input_keys=("pipeline.steps.*.recipe",)),
 )}
 STAGE_NAMES: tuple[str, ...] = tuple(REGISTRY)
 
