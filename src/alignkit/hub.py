@@ -38,11 +38,11 @@ def hub_section(run_dir: RunDir, repo_id: str | None) -> HubSection:
 
 def model_folder(run_dir: RunDir, push: str, staging: Path) -> Path:
     """The folder to upload for `push` (adapter | merged | full); merges into `staging` when needed."""
-    model, adapter, merged = run_dir.model_dir, run_dir.path / "adapter", run_dir.path / "merged"
+    model, adapter, merged = run_dir.model_dir, run_dir.adapter_dir, run_dir.merged_dir
     if not model.is_dir():
         raise AlignkitError("has no model/ folder to push (eval and pipeline runs hold no model; "
                             "push a step's run folder)", where=str(run_dir.path))
-    model_is_adapter = adapter_base(str(model)) is not None
+    model_is_adapter = run_dir.model_kind() == "adapter"
     if push == "adapter":
         return adapter if adapter.is_dir() else model  # PPO/reward runs keep the adapter beside the merged model
     if push == "full":
