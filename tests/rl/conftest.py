@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 _spec = importlib.util.spec_from_file_location("ppo_conftest", Path(__file__).parents[1] / "ppo" / "conftest.py")
 ppo_conftest = importlib.util.module_from_spec(_spec)
@@ -20,7 +21,11 @@ def ppo_tokenizer() -> Any:
 
 @pytest.fixture
 def one_thread() -> Any:
-    yield from ppo_conftest.one_thread.__wrapped__()
+    """Tiny models run fastest on one thread (2-core machines thrash with more); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

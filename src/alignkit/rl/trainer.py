@@ -228,7 +228,8 @@ class RLTrainer:
         total = cfg.total_rollouts()
         if self.rollout_idx >= total:
             log.warning("RL: checkpoint is at rollout %d of %d; nothing left to train", self.rollout_idx, total)
-        bar = tqdm(range(self.rollout_idx, total), desc=cfg.advantage_estimator, initial=self.rollout_idx, total=total,
+        bar = tqdm(range(self.rollout_idx, total), desc=SECTIONS.get(cfg.advantage_estimator, "rl"),
+                   initial=self.rollout_idx, total=total,
                    disable=not self.accelerator.is_main_process)
         for _ in bar:
             stats = self._train_one()
