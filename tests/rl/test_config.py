@@ -61,3 +61,14 @@ def test_group_section_errors(tmp_path):
         validate_recipe({"stage": "rloo", "output_dir": str(tmp_path), "model": {"name_or_path": "x"},
                          "data": {"datasets": [{"path": "data/world/rl_prompts.jsonl"}]}, "rloo": {}})
     assert recipe("rloo", tmp_path, reward="oracle").rloo.reward == "oracle"
+
+
+def test_rlconfig_defaults_for_library_users_are_the_ppo_sections():
+    """RLTrainer used without a recipe behaves as a recipe's ppo section with nothing set."""
+    from alignkit.rl.trainer import RLConfig
+
+    library = RLConfig()
+    shared = {k: v.default for k, v in PPOSection.model_fields.items() if k not in RECIPE_ONLY and not v.is_required()}
+    for key in ("learning_rate", "critic_learning_rate"):  # None in a recipe: train.learning_rate
+        shared.pop(key)
+    assert {k: getattr(library, k) for k in shared} == shared
