@@ -40,25 +40,16 @@ def lora(policy: Any, random_b: bool = False) -> Any:
     return get_peft_model(policy, cfg)
 
 
-@torch.no_grad()
-def target_mass(tiny: Any, policy: Any, tokenizer: Any) -> float:
-    """Mean next-token probability of the target tokens after every prompt: a noise-free learning signal."""
-    ids = tokenizer.convert_tokens_to_ids(list(tiny.TARGETS))
-    probs = [policy(input_ids=torch.tensor([p["input_ids"]])).logits[0, -1].softmax(-1)[ids].sum().item()
-             for p in tiny.make_prompts(tokenizer)]
-    return sum(probs) / len(probs)
-
-
 def test_ppo_raises_the_score_and_logs_every_metric(tiny, ppo_tokenizer):
     tok = ppo_tokenizer
     policy = tiny.make_policy(tok)
     logger = tiny.ListLogger()
     cfg = small_config(num_rollouts=5, rollout_batch_size=32, mini_batch_size=16, max_new_tokens=8)
-    before = target_mass(tiny, policy, tok)
+    before = tiny.target_mass(policy, tok)
     trainer = PPOTrainer(cfg, policy, copy.deepcopy(policy), tiny.make_critic(tok), tiny.target_reward(tok), tok,
                          tiny.make_prompts(tok), metrics_logger=logger)
     history = trainer.train()
-    after = target_mass(tiny, trainer.accelerator.unwrap_model(trainer.policy), tok)
+    after = tiny.target_mass(trainer.accelerator.unwrap_model(trainer.policy), tok)
     assert [step for step, _ in logger.rows] == [1, 2, 3, 4, 5]
     for _, row in logger.rows:
         assert set(METRICS) <= set(row), set(METRICS) - set(row)

@@ -32,15 +32,6 @@ def group_config(estimator: str, **overrides: Any) -> RLConfig:
     return RLConfig(**kwargs)
 
 
-@torch.no_grad()
-def target_mass(tiny: Any, policy: Any, tokenizer: Any) -> float:
-    """Mean next-token probability of the target tokens after every prompt: a noise-free learning signal."""
-    ids = tokenizer.convert_tokens_to_ids(list(tiny.TARGETS))
-    probs = [policy(input_ids=torch.tensor([p["input_ids"]])).logits[0, -1].softmax(-1)[ids].sum().item()
-             for p in tiny.make_prompts(tokenizer)]
-    return sum(probs) / len(probs)
-
-
 @pytest.mark.parametrize("estimator", ["grpo", "rloo"])
 def test_critic_free_method_raises_the_score_logs_ppos_metrics_and_checkpoints_kl(estimator, tiny, ppo_tokenizer,
                                                                                   tmp_path: Path):
@@ -49,12 +40,12 @@ def test_critic_free_method_raises_the_score_logs_ppos_metrics_and_checkpoints_k
     logger = tiny.ListLogger()
     cfg = group_config(estimator, num_rollouts=5, rollout_batch_size=32, mini_batch_size=16, max_new_tokens=8,
                        save_every=5)
-    before = target_mass(tiny, policy, tok)
+    before = tiny.target_mass(policy, tok)
     trainer = RLTrainer(cfg, policy, copy.deepcopy(policy), None, tiny.target_reward(tok), tok,
                         tiny.make_prompts(tok), metrics_logger=logger, checkpoint_dir=tmp_path / "checkpoints")
     assert trainer.critic is None and len(trainer.optimizer.param_groups) == 1
     history = trainer.train()
-    after = target_mass(tiny, trainer.accelerator.unwrap_model(trainer.policy), tok)
+    after = tiny.target_mass(trainer.accelerator.unwrap_model(trainer.policy), tok)
     assert after > 1.5 * before, (before, after)
     for _, row in logger.rows:
         assert set(METRICS) <= set(row), set(METRICS) - set(row)
