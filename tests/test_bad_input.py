@@ -105,6 +105,8 @@ LIGHT = [
     Case("unknown_key", sft("train.learnin_rate=1e-4"),
          ("recipes/sft_lora.yaml: train.learnin_rate: unknown key; did you mean learning_rate?",)),
     Case("unknown_section", sft("trian.max_steps=2"), ("trian: unknown key; did you mean train?",)),
+    Case("train_key_the_stage_ignores", ["train", "recipes/ppo.yaml", "output_dir={d}/out", "train.warmup_ratio=0.1"],
+         ("recipes/ppo.yaml: train.warmup_ratio is not used by stage ppo; remove it",)),
     Case("wrong_type", sft("train.per_device_train_batch_size=lots"),
          ("train.per_device_train_batch_size:", "integer", "'lots'")),
     Case("missing_required_key", recipe(), ("recipe.yaml: output_dir: required key is missing",),

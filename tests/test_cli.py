@@ -33,12 +33,3 @@ def test_run_py_entry_point_takes_overrides(tmp_path):
     assert done.returncode == 2
     assert "train.bogus: unknown key" in done.stderr
 
-
-def test_train_key_a_stage_ignores_is_one_line_naming_it(tmp_path):
-    done = cli("train", "recipes/ppo.yaml", f"output_dir={tmp_path / 'run'}", "train.gradient_checkpointing=true")
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
-        "alignkit: error: recipes/ppo.yaml: train.gradient_checkpointing is not used by stage ppo; remove it "
-        "(the ppo section holds that stage's own settings)")
-    assert not (tmp_path / "run").exists()
