@@ -201,7 +201,7 @@ class RLTrainer:
         if not cfg.kl_in_reward:
             # GRPO: the KL to the reference is a loss term on the current policy, not a reward penalty.
             kl_loss = core.masked_mean(core.kl_penalty(logprobs, ro.ref_logprobs[idx], cfg.kl_estimator), mask)
-            loss = loss + cfg.kl_coef * kl_loss
+            loss = loss + self.kl_ctl.value * kl_loss
             stats["loss/kl_avg"] = kl_loss.item()
         if self.critic is not None:
             values = response_values(self.critic, query_responses, attention_mask, ro.context_length)
