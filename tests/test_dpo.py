@@ -11,9 +11,12 @@ from typing import Any
 import pytest
 import torch
 
-from alignkit.cli import train
+from alignkit.cli import main, train
+from alignkit.config.base import ModelSection, QuantizationSection
 from alignkit.dpo import pair_ids, ranking_to_pairs, tokenize_pairs
 from alignkit.errors import AlignkitError
+from alignkit.models import load_causal_lm
+from alignkit.runio import QUANT_FILE
 
 RANKING = {"prompt": [{"role": "user", "content": "q"}], "responses": ["a", "b", "c"], "margin": 0.0}
 
@@ -133,16 +136,30 @@ def test_lora_dpo_saves_adapter_with_disabled_base_reference(tmp_path: Path, tin
     assert implicit_margins(policy, base, tok, prefs, beta=0.5).mean() > 0.1
 
 
-def test_qlora_dpo_trains_a_loadable_adapter(tmp_path: Path, tiny_model_dir: Path, prefs: Path) -> None:
+def test_qlora_dpo_adapter_records_its_4bit_base_and_merges_to_the_trained_model(
+        tmp_path: Path, tiny_model_dir: Path, prefs: Path) -> None:
+    """model/ carries the quantization record, so `alignkit merge` dequantizes the NF4 base it was trained on."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     metrics = _dpo(tmp_path / "run", tiny_model_dir, prefs, "quantization.load_in_4bit=true", "peft.r=8",
-                   "peft.lora_dropout=0", "train.max_steps=2")
+                   "peft.lora_dropout=0", "train.max_steps=2", "train.learning_rate=5e-2")
     assert metrics["global_step"] == 2
     adapter = tmp_path / "run" / "model"
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
-    assert any("lora_A" in n for n, _ in model.named_parameters())
+    record = json.loads((adapter / QUANT_FILE).read_text())
+    assert record["load_in_4bit"] is True and record["bnb_4bit_quant_type"] == "nf4"
+    # The trained model: the same NF4 base (asked for explicitly, not read from the record) + the adapter.
+    nf4 = load_causal_lm(ModelSection(name_or_path=str(tiny_model_dir)), QuantizationSection(**record))
+    trained = PeftModel.from_pretrained(nf4, adapter).eval()
+    assert main(["merge", str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17]])
+    with torch.no_grad():
+        want, got = trained(input_ids=ids).logits, merged(input_ids=ids).logits
+        plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)(
+            input_ids=ids).logits
+    assert (got - want).abs().max().item() < 1e-3
+    assert (plain - want).abs().max().item() > 1e-2  # a float base under the adapter is another model
 
 
 def test_trainer_scores_each_completion_up_to_its_eos(tmp_path: Path, tiny_model_dir: Path, prefs: Path) -> None:

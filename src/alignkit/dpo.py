@@ -19,10 +19,14 @@ from alignkit.data.preferences import load_preference_datasets, to_pairs
 from alignkit.errors import AlignkitError
 from alignkit.models import (
     DTYPES,
+    adapter_base,
+    base_quantization,
+    is_quantized_config,
     load_causal_lm,
     load_tokenizer,
     lora_config,
     match_adapter_dtype,
+    quantization_record,
 )
 from alignkit.reference import ADAPTER_DISABLED, FROZEN_ADAPTER, resolve_mode, without_reference_adapter
 from alignkit.reward_model import reward_input_ids
@@ -128,7 +132,7 @@ def load_pairs(recipe: Recipe, section: DPOSection, tokenizer: Any) -> tuple[Any
 def build_models(recipe: Recipe, section: DPOSection, tokenizer: Any) -> tuple[Any, Any, Any]:
     """(policy, ref_model, peft_config) for DPOTrainer: full, fresh LoRA/QLoRA, or a trainable SFT adapter."""
     quant = recipe.quantization
-    quantized = bool(quant and (quant.load_in_4bit or quant.load_in_8bit))
+    quantized = is_quantized_config(quant)
     # The shared reference rule (alignkit.reference) decides which of TRL's three references to ask for.
     mode = resolve_mode(recipe.model.name_or_path, recipe.peft is not None)
     if recipe.peft is not None and mode == FROZEN_ADAPTER:
@@ -181,7 +185,7 @@ def build_trainer(recipe: Recipe, section: DPOSection, run_dir: RunDir) -> Any:
     trainer = dpo_trainer_class()(model=policy, ref_model=ref_model, args=config, train_dataset=train_ds,
                          eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config,
                          callbacks=[metrics_callback(run_dir)])
-    quant = recipe.quantization
+    quant = base_quantization(recipe.model.name_or_path, recipe.quantization)
     if quant is not None and quant.load_in_4bit:
         # Undo TRL's bf16 cast of QLoRA adapters (slow kernels on CPU), as the SFT stage does.
         match_adapter_dtype(trainer.model, DTYPES[quant.bnb_4bit_compute_dtype])
@@ -203,6 +207,17 @@ def final_policy(trainer: Any) -> Any:
     return without_reference_adapter(trainer.accelerator.unwrap_model(trainer.model))
 
 
+def saved_quantization(recipe: Recipe) -> dict[str, Any] | None:
+    """The quantization record model/ carries: an adapter on a 4/8-bit base records that base.
+
+    Merge and eval then rebuild the model that was trained (a float base under the adapter is another model).
+    """
+    path = recipe.model.name_or_path
+    if recipe.peft is None and adapter_base(path) is None:
+        return None  # full fine-tuning: model/ holds plain weights
+    return quantization_record(base_quantization(path, recipe.quantization))
+
+
 def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     """Train with DPO; save run_dir/model (full model or adapter); return implicit-reward metrics."""
     section = recipe.dpo or DPOSection()
@@ -216,6 +231,6 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     if trainer.eval_dataset is not None:
         evals = trainer.evaluate()
         metrics.update({k: v for k, v in evals.items() if k.removeprefix("eval_") in REPORTED or k == "eval_loss"})
-    save_final_model(final_policy(trainer), trainer.processing_class, run_dir)
+    save_final_model(final_policy(trainer), trainer.processing_class, run_dir, quantization=saved_quantization(recipe))
     log.info("DPO: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
     return metrics

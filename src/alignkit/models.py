@@ -142,6 +142,12 @@ def same_vocabulary(tokenizer: Any, other: Any) -> bool:
     return tokenizer.get_vocab() == other.get_vocab()
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count real tokens only (left padding skipped), as `generate` numbers them."""
+    # A recomputed forward pass must use the positions generation used, else its log-probs differ.
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def is_quantized_config(quant: QuantizationSection | None) -> bool:
     """Whether a recipe's quantization section asks for a 4-bit or 8-bit base (the one test for both)."""
     return bool(quant and (quant.load_in_4bit or quant.load_in_8bit))
@@ -156,6 +162,16 @@ def recorded_quantization(adapter_dir: str) -> QuantizationSection | None:
     """The quantization an adapter's base was trained in (its record), to rebuild that same base; else None."""
     record = read_quantization_record(adapter_dir)
     return QuantizationSection(**record) if record is not None else None
+
+
+def base_quantization(path: str, quant: QuantizationSection | None = None) -> QuantizationSection | None:
+    """The quantization to load `path`'s base in: the one asked for, else an adapter's own record.
+
+    An adapter trained on a 4/8-bit base is that base + adapter: loaded on a float base it is another model.
+    """
+    if quant is None and adapter_base(path) is not None:
+        return recorded_quantization(path)
+    return quant
 
 
 def quantization_config(quant: QuantizationSection | None) -> Any:
@@ -210,12 +226,16 @@ def _from_pretrained(cls: Any, path: str, model: ModelSection, key: str, **kwarg
 
 def load_causal_lm(model: ModelSection, quant: QuantizationSection | None = None,
                    tokenizer: Any = None, adapter_trainable: bool = False) -> Any:
-    """Load a causal LM: full weights, 4/8-bit (QLoRA), or base + PEFT adapter when the path is an adapter."""
+    """Load a causal LM: full weights, 4/8-bit (QLoRA), or base + PEFT adapter when the path is an adapter.
+
+    An adapter folder with a quantization record (runio.QUANT_FILE) gets the same 4/8-bit base it was
+    trained on unless `quant` says otherwise.
+    """
     from transformers import AutoModelForCausalLM
 
     base = adapter_base(model.name_or_path)
     kwargs: dict[str, Any] = {}
-    qcfg = quantization_config(quant)
+    qcfg = quantization_config(base_quantization(model.name_or_path, quant))
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
     if tokenizer is None and has_tokenizer(model):
@@ -263,9 +283,7 @@ def load_reward_model(path: str, model: ModelSection | None = None, quant: Quant
     section = model or ModelSection(name_or_path=path)
     kwargs: dict[str, Any] = {"num_labels": 1}
     base = adapter_base(path)
-    if quant is None and base is not None:
-        quant = recorded_quantization(path)  # an adapter trained on a 4/8-bit base scores on that same base
-    qcfg = quantization_config(quant)
+    qcfg = quantization_config(base_quantization(path, quant))
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
     rm = _from_pretrained(AutoModelForSequenceClassification, base or path, section, "reward_model", **kwargs)
