@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from peft import prepare_model_for_kbit_training
 
 from alignkit.config import Recipe
 from alignkit.config.base import ModelSection
@@ -23,6 +24,7 @@ from alignkit.models import (
     adapter_base,
     apply_lora,
     attach_adapter,
+    is_quantized_config,
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
@@ -86,9 +88,11 @@ def build_policy(recipe: Recipe, mode: str) -> tuple[Any, Reference]:
         return load_causal_lm(recipe.model), Reference(COPY, load_causal_lm(recipe.model))
     base_path = adapter_base(path) or path
     base = load_causal_lm(recipe.model.model_copy(update={"name_or_path": base_path}), recipe.quantization)
+    quantized = is_quantized_config(recipe.quantization)
     if mode == ADAPTER_DISABLED:
-        quant = recipe.quantization
-        return apply_lora(base, recipe.peft, quantized=bool(quant and quant.load_in_4bit)), Reference(ADAPTER_DISABLED)
+        return apply_lora(base, recipe.peft, quantized=quantized), Reference(ADAPTER_DISABLED)
+    if quantized:  # a trainable adapter on a 4/8-bit base needs the same k-bit preparation as a fresh one
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     return attach_adapter(base, path, is_trainable=True), Reference(FROZEN_ADAPTER)
 
 

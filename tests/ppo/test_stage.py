@@ -111,3 +111,36 @@ def test_ppo_config_takes_save_total_limit_from_train(tmp_path):
     assert ppo_config(validate_recipe(raw)).save_total_limit == 2  # train's default, as the Trainer stages
     raw["train"] = {"save_total_limit": None}
     assert ppo_config(validate_recipe(raw)).save_total_limit is None
+
+
+def test_8bit_lora_ppo_step_prepares_the_base_for_kbit_training(tmp_path, tiny, ppo_tokenizer):
+    """An 8-bit LoRA policy goes through prepare_model_for_kbit_training (not only 4-bit), then trains a step."""
+    from alignkit.config.recipe import validate_recipe
+    from alignkit.online_stage import build_policy
+    from alignkit.rl.trainer import RLConfig, RLTrainer
+
+    tok = ppo_tokenizer
+    tiny.make_policy(tok).save_pretrained(str(tmp_path / "sft"))
+    recipe = validate_recipe({"stage": "ppo", "output_dir": str(tmp_path / "run"),
+                              "model": {"name_or_path": str(tmp_path / "sft"), "torch_dtype": "float16"},
+                              "quantization": {"load_in_8bit": True},
+                              "peft": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+                              "data": {"datasets": [{"path": "data/world/rl_prompts.jsonl"}]},
+                              "ppo": {"reward_model": "x"}})
+    policy, reference = build_policy(recipe, "adapter_disabled")
+    base = policy.get_base_model()
+    assert base.is_loaded_in_8bit
+    # prepare_model_for_kbit_training casts the float16 norms to float32; skipped, they stay float16.
+    assert base.model.norm.weight.dtype == torch.float32
+    lora_b = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_B" in n}
+    int8 = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    cfg = RLConfig(learning_rate=3e-3, critic_learning_rate=3e-3, num_rollouts=1, rollout_batch_size=4,
+                   mini_batch_size=4, ppo_epochs=1, max_new_tokens=4, missing_eos_penalty=None)
+    trainer = RLTrainer(cfg, policy, reference, tiny.make_critic(tok), tiny.target_reward(tok), tok,
+                        tiny.make_prompts(tok, n=4))
+    history = trainer.train()
+    assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["loss/policy_avg"]))
+    trained = trainer.accelerator.unwrap_model(trainer.policy)
+    moved = [n for n, p in trained.named_parameters() if n in lora_b and not torch.equal(p.detach(), lora_b[n])]
+    assert moved  # the adapter learned
+    assert torch.equal(trained.get_base_model().model.layers[0].self_attn.q_proj.weight, int8)  # the base did not

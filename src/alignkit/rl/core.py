@@ -107,13 +107,20 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return (mask.sum(-1) - 1).clamp(min=0)
 
 
+def penalize_missing_eos(scores: torch.Tensor, has_eos: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """Scores less `penalty` where a response never emitted EOS; unchanged when penalty is None."""
+    # A response cut off by max_new_tokens never ended properly (N+ details, "EOS trick").
+    if penalty is None:
+        return scores
+    return torch.where(has_eos, scores, scores - penalty)
+
+
 def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                    kl_coef: float, kind: str = "k1", missing_eos_penalty: float | None = None,
-                    has_eos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token rewards -kl_coef * KL plus the score on the last valid token; returns (rewards, non_score_reward, kl)."""
-    if missing_eos_penalty is not None and has_eos is not None:
-        # A response cut off by max_new_tokens never ended properly (N+ details, "EOS trick").
-        scores = torch.where(has_eos, scores, scores - missing_eos_penalty)
+                    kl_coef: float, kind: str = "k1") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token rewards -kl_coef * KL plus the (penalised) score on the last valid token.
+
+    Returns (rewards, non_score_reward, kl), each [B, R].
+    """
     kl = kl_penalty(logprobs, ref_logprobs, kind) * mask
     non_score_reward = -kl_coef * kl
     rewards = non_score_reward.clone()

@@ -6,24 +6,30 @@ from typing import Any
 
 import torch
 
+from alignkit.models import position_ids_from_mask
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as `generate` uses them; recomputed passes must match."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+def response_slice(per_position: torch.Tensor, context_length: int) -> torch.Tensor:
+    """The positions that predict (or value the state before) each response token.
+
+    per_position is [B, T, ...] over query+response (T = context_length + R); the result is [B, R, ...]:
+    position t sees tokens 0..t, so positions context_length-1 .. T-2 precede response tokens 0 .. R-1.
+    """
+    return per_position[:, context_length - 1:-1]
 
 
 def response_logits(model: Any, query_responses: torch.Tensor, attention_mask: torch.Tensor,
                     context_length: int) -> torch.Tensor:
-    """Logits that predict each response token (positions context_length-1 .. end-1)."""
+    """(B, R, V): the policy's logits for each response token."""
     out = model(input_ids=query_responses, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    return out.logits[:, context_length - 1:-1]
+    return response_slice(out.logits, context_length)
 
 
 def response_values(critic: Any, query_responses: torch.Tensor, attention_mask: torch.Tensor,
                     context_length: int) -> torch.Tensor:
-    """(B, T_resp): the critic's value of the state before each response token."""
-    return critic(query_responses, attention_mask)[:, context_length - 1:-1]
+    """(B, R): the critic's value of the state before each response token."""
+    return response_slice(critic(query_responses, attention_mask), context_length)
 
 
 class ValueHead(torch.nn.Module):

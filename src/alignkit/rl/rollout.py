@@ -227,10 +227,9 @@ class RolloutWorker:
         lp = self.token_logprobs(sm, policy, reference)
         values = self.values(sm, critic) if critic is not None else torch.zeros_like(lp["logprobs"])
         scores = self.scores(sm, reward_fn)
-        rewards, non_score_reward, kl = core.compute_rewards(
-            scores, lp["logprobs"], lp["ref_logprobs"], sm.mask, kl_coef, cfg.kl_estimator, cfg.missing_eos_penalty,
-            sm.has_eos)
-        penalised = torch.where(sm.has_eos, scores, scores - (cfg.missing_eos_penalty or 0.0))
+        penalised = core.penalize_missing_eos(scores, sm.has_eos, cfg.missing_eos_penalty)
+        rewards, non_score_reward, kl = core.compute_rewards(penalised, lp["logprobs"], lp["ref_logprobs"], sm.mask,
+                                                             kl_coef, cfg.kl_estimator)
         advantages, returns = self.advantages(rewards, non_score_reward, penalised,
                                               values if critic is not None else None, sm.mask)
         stats = rollout_stats(sm, lp, scores, penalised, non_score_reward, kl)
