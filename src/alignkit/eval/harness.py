@@ -27,6 +27,7 @@ import torch
 
 from alignkit.config.base import DatasetSpec, ModelSection
 from alignkit.config.eval import EvalModel, EvalSection
+from alignkit.data.loading import load_spec
 from alignkit.errors import AlignkitError
 from alignkit.eval import stats
 from alignkit.eval.fingerprint import Fingerprints
@@ -40,8 +41,11 @@ from alignkit.eval.generate import (
     response_logprobs,
     settings_hash,
 )
-from alignkit.eval.judges import Judge, build_judge, judge_both_orders, world_meta
+from alignkit.eval.judges import Judge, Rubric, build_judge, judge_both_orders, require_rubric, world_meta
 from alignkit.eval.report import render_markdown, write_report
+from alignkit.models import adapter_base, load_causal_lm, load_tokenizer, same_vocabulary
+from alignkit.reward_model import RewardScorer
+from alignkit.rl.checkpoint import KL_KEY, complete_checkpoints
 from alignkit.runio import RunDir, atomic_write_text, read_metrics
 
 log = logging.getLogger("alignkit.eval")
@@ -96,8 +100,6 @@ def _read_json_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_dataset(section: EvalSection) -> list[dict[str, Any]]:
-    from alignkit.data.loading import load_spec
-
     limit = section.prompt_limit
     spec = DatasetSpec(path=section.prompts, split=section.prompt_split, max_samples=limit)
     return list(load_spec(spec, where="eval.prompts"))
@@ -125,8 +127,6 @@ def sampling_of(section: EvalSection) -> Sampling:
 
 def load_model(path: str, tokenizer: Any = None) -> tuple[Any, Any]:
     """Causal LM and tokenizer (left padding) through alignkit's one loader, on the GPU when there is one."""
-    from alignkit.models import load_causal_lm, load_tokenizer
-
     section = ModelSection(name_or_path=path)
     tokenizer = tokenizer or load_tokenizer(section, padding_side="left")
     model = load_causal_lm(section, tokenizer=tokenizer)
@@ -163,8 +163,6 @@ def model_jobs(spec: EvalModel, rows: Sequence[dict[str, Any]], texts: Sequence[
 def generate_for_model(spec: EvalModel, rows: Sequence[dict[str, Any]], section: EvalSection,
                        run_dir: RunDir, fewshot_template: str | None, need_logprobs: bool) -> ModelOutputs:
     """Produce (or read back) one model's completions; the model is loaded only when it has work, then freed."""
-    from alignkit.models import load_tokenizer
-
     start = time.time()
     sampling = sampling_of(section)
     tokenizer = load_tokenizer(ModelSection(name_or_path=spec.path), padding_side="left")
@@ -198,8 +196,6 @@ def generate_for_model(spec: EvalModel, rows: Sequence[dict[str, Any]], section:
 def context_length(path: str) -> int | None:
     """A model's context (max_position_embeddings, n_positions for GPT-2) from its config; None when unknown."""
     from transformers import AutoConfig
-
-    from alignkit.models import adapter_base
 
     try:
         config = AutoConfig.from_pretrained(adapter_base(path) or path)
@@ -243,8 +239,6 @@ def fit_prompts(tokenizer: Any, texts: Sequence[str], budget: int | None) -> tup
 
 def preflight(section: EvalSection) -> None:
     """What can be refused from configs and tokenizers alone, before any model generates."""
-    from alignkit.models import load_tokenizer, same_vocabulary
-
     for i, m in enumerate(section.models):
         prompt_budget(context_length(m.path), section.generation.max_new_tokens, m.name)
         if m.prompting == "chat" and not load_tokenizer(ModelSection(name_or_path=m.path)).chat_template:
@@ -283,12 +277,12 @@ def pick_best_of_n(outputs: ModelOutputs, scores: torch.Tensor) -> None:
     outputs.candidates = []
 
 
-def oracle_best_of_n(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]]) -> None:
-    """Best-of-n ranked by the world's oracle: the gold reward's best-of-n, an upper bound for a learned RM."""
-    from alignkit.world import oracle
-
+def oracle_best_of_n(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]],
+                     rubric: Rubric | None) -> None:
+    """Best-of-n ranked by the world's oracle (`rubric`): the gold reward's best-of-n, an upper bound for an RM."""
     for out in outputs.values():
         if out.candidates and out.spec.best_of_n_by == "oracle":
+            oracle = require_rubric(rubric, f"eval.models.{out.spec.name}.best_of_n_by")
             metas = [world_meta(row) for row in rows]
             pick_best_of_n(out, torch.tensor([[oracle.score(meta, c["text"], c["ended"]).total for c in group]
                                               for group, meta in zip(out.candidates, metas, strict=True)],
@@ -297,8 +291,6 @@ def oracle_best_of_n(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, 
 
 def reward_scores(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]], path: str) -> dict[str, list]:
     """Reward-model scores of every model's judged completions (best-of-n picks made first)."""
-    from alignkit.reward_model import RewardScorer
-
     scorer = RewardScorer.from_pretrained(path, device="cuda" if torch.cuda.is_available() else None)
     for out in outputs.values():
         if out.candidates:  # best-of-n by the reward model
@@ -423,18 +415,12 @@ def compact_metrics(report: dict[str, Any]) -> dict[str, Any]:
 # ---- PPO checkpoints: win rate against KL -----------------------------------------------------------
 
 def ppo_checkpoints(ppo_run: str) -> list[tuple[Path, float]]:
-    """(policy folder, KL from trainer_state.json) of every checkpoint of a PPO run, oldest first."""
-    from alignkit.rl.checkpoint import KL_KEY
-
-    root = Path(ppo_run) / "checkpoints"
-    found = []
-    for ckpt in root.glob("checkpoint-*") if root.is_dir() else []:
-        state = ckpt / "trainer_state.json"
-        if (ckpt / "policy").is_dir() and state.is_file():
-            found.append((int(ckpt.name.split("-")[-1]), ckpt / "policy", json.loads(state.read_text()).get(KL_KEY)))
+    """(policy folder, KL from trainer_state.json) of every checkpoint of an online-RL run, oldest first."""
+    found = [(ckpt / "policy", json.loads((ckpt / "trainer_state.json").read_text()).get(KL_KEY))
+             for ckpt in complete_checkpoints(Path(ppo_run) / "checkpoints") if (ckpt / "policy").is_dir()]
     if not found:
         raise AlignkitError("no checkpoint-<n>/policy with trainer_state.json", where=f"eval.ppo_run: {ppo_run}")
-    return [(policy, kl) for _, policy, kl in sorted(found)]
+    return found
 
 
 def kl_curve(section: EvalSection, rows: list[dict[str, Any]], outputs: dict[str, ModelOutputs], judge: Judge,
@@ -463,8 +449,11 @@ def training_curves(ppo_run: str) -> dict[str, Any]:
 
 # ---- the stage --------------------------------------------------------------------------------------
 
-def run(recipe: Any, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
-    """Generate, judge, compute statistics, write report.json/md/html, print the Markdown, return metrics."""
+def run(recipe: Any, run_dir: RunDir, recipe_path: str, rubric: Rubric | None = None) -> dict[str, Any]:
+    """Generate, judge, compute statistics, write report.json/md/html, print the Markdown, return metrics.
+
+    `rubric`: the oracle's (alignkit.stages.evaluate hands in the embedded world's; the harness imports no world).
+    """
     section: EvalSection = recipe.eval
     timing: dict[str, float] = {}
     start = time.time()
@@ -477,13 +466,13 @@ def run(recipe: Any, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
                for m in section.models}
     timing["generation_s"] = time.time() - start
     t = time.time()
-    oracle_best_of_n(outputs, rows)
+    oracle_best_of_n(outputs, rows, rubric)
     rewards = reward_scores(outputs, rows, section.reward_model) if section.reward_model else {}
     kls = kl_to_ref(outputs, section)
     timing["reward_kl_s"] = time.time() - t
     t = time.time()
     judge = build_judge(section.judge, section.reward_model, seed=recipe.seed,
-                        fingerprint=Fingerprints(run_dir.path / FINGERPRINTS))
+                        fingerprint=Fingerprints(run_dir.path / FINGERPRINTS), rubric=rubric)
     pairs = resolve_pairs(section)
     judgments = judge_pairs(judge, rows, outputs, pairs, run_dir)
     atomic_write_text(run_dir.path / "judgments.jsonl", "".join(json.dumps(j) + "\n" for j in judgments))

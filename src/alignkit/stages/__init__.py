@@ -67,7 +67,7 @@ REGISTRY: dict[str, StageSpec] = {spec.name: spec for spec in (
               model_keys=("rloo.reward_model",)),
     StageSpec("dpo", "alignkit.dpo:run", DPOSection, ("model", "data"),
               "direct preference optimisation (DPO)", ("dpo", "trl")),
-    StageSpec("eval", "alignkit.eval.harness:run", EvalSection, ("eval",),
+    StageSpec("eval", "alignkit.stages.evaluate:run", EvalSection, ("eval",),
               "win-rate evaluation", ("evaluation",), train_keys=LIFECYCLE_TRAIN_KEYS, trains=False,
               model_keys=("eval.models.*.path", "eval.reward_model", "eval.judge.path"),
               input_keys=("eval.prompts", "eval.fewshot_template", "eval.ppo_run", "eval.judge.template",
