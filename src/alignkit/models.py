@@ -248,6 +248,14 @@ def load_causal_lm(model: ModelSection, quant: QuantizationSection | None = None
     return lm
 
 
+def load_for_generation(path: str, tokenizer: Any = None) -> tuple[Any, Any]:
+    """A causal LM in eval mode (on the GPU when there is one) and its tokenizer with left padding, to generate."""
+    section = ModelSection(name_or_path=path)
+    tokenizer = tokenizer or load_tokenizer(section, padding_side="left")
+    model = load_causal_lm(section, tokenizer=tokenizer)
+    return (model.to("cuda") if torch.cuda.is_available() else model).eval(), tokenizer
+
+
 def grow_embeddings(model: Any, size: int) -> bool:
     """Grow the (input and output) embeddings to `size` rows when the tokenizer is larger; True if grown.
 

@@ -125,10 +125,10 @@ def test_reward_model_judge_prefers_higher_scores_with_a_tie_margin():
 
 
 def test_local_lm_judge_reads_the_next_token_and_batches_consistently():
-    from alignkit.eval.harness import load_model
+    from alignkit.models import load_for_generation
 
     torch.set_num_threads(1)
-    model, tokenizer = load_model(str(ROOT / "data" / "models" / "tiny-base"))
+    model, tokenizer = load_for_generation(str(ROOT / "data" / "models" / "tiny-base"))
     judge = LocalLMJudge(model, tokenizer, TEMPLATE, batch_size=4)
     items = [(row(k), Response(GOOD), Response(BAD)) for k in range(3)] + [(row(0), Response(BAD), Response(GOOD))]
     batched = judge.compare_batch(items)

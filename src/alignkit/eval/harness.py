@@ -43,7 +43,7 @@ from alignkit.eval.generate import (
 )
 from alignkit.eval.judges import Judge, Rubric, build_judge, judge_both_orders, require_rubric, world_meta
 from alignkit.eval.report import render_markdown, write_report
-from alignkit.models import adapter_base, load_causal_lm, load_tokenizer, same_vocabulary
+from alignkit.models import adapter_base, load_for_generation, load_tokenizer, same_vocabulary
 from alignkit.reward_model import RewardScorer
 from alignkit.rl.checkpoint import KL_KEY, complete_checkpoints
 from alignkit.runio import RunDir, atomic_write_text, read_metrics
@@ -125,14 +125,6 @@ def sampling_of(section: EvalSection) -> Sampling:
     return Sampling(g.max_new_tokens, g.temperature, g.top_p, g.top_k, g.batch_size, g.seed)
 
 
-def load_model(path: str, tokenizer: Any = None) -> tuple[Any, Any]:
-    """Causal LM and tokenizer (left padding) through alignkit's one loader, on the GPU when there is one."""
-    section = ModelSection(name_or_path=path)
-    tokenizer = tokenizer or load_tokenizer(section, padding_side="left")
-    model = load_causal_lm(section, tokenizer=tokenizer)
-    return (model.to("cuda") if torch.cuda.is_available() else model).eval(), tokenizer
-
-
 def free(model: Any) -> None:
     """Release a model's memory before the next one loads."""
     del model
@@ -180,7 +172,7 @@ def generate_for_model(spec: EvalModel, rows: Sequence[dict[str, Any]], section:
         out = _collect(spec, [cache.get(j.key) for j in jobs], jobs, texts)
         out.seconds, out.truncated_prompts, out.context = time.time() - start, n_cut, context
         return out
-    model, tokenizer = load_model(spec.path, tokenizer)
+    model, tokenizer = load_for_generation(spec.path, tokenizer)
     records = generate_cached(model, tokenizer, jobs, sampling, cache, fewshot=spec.prompting == "fewshot",
                               desc=f"generating ({spec.name})")
     out = _collect(spec, records, jobs, texts)
@@ -314,7 +306,7 @@ def kl_to_ref(outputs: dict[str, ModelOutputs], section: EvalSection) -> dict[st
         if out.spec.ref:
             dependents.setdefault(out.spec.ref, []).append(name)
     for ref_name, names in dependents.items():
-        model, tokenizer = load_model(outputs[ref_name].spec.path)
+        model, tokenizer = load_for_generation(outputs[ref_name].spec.path)
         for name in names:
             out = outputs[name]
             ref = response_logprobs(model, tokenizer, out.prompt_texts, [r["token_ids"] for r in out.main],

@@ -31,12 +31,11 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from alignkit.config.base import ModelSection
 from alignkit.errors import AlignkitError
 from alignkit.eval.fingerprint import model_fingerprint
 from alignkit.eval.generate import JsonlCache, Sampling, generate, settings_hash
 from alignkit.eval.stats import reconcile_orders
-from alignkit.models import load_causal_lm, load_tokenizer, position_ids_from_mask
+from alignkit.models import load_for_generation, position_ids_from_mask
 from alignkit.reward_model import RewardScorer
 
 Verdict = Literal["a", "b", "tie"]
@@ -253,11 +252,9 @@ class LocalLMJudge(Judge):
     @classmethod
     def from_pretrained(cls, path: str, template: str, fingerprint: Callable[[str], str] = model_fingerprint,
                         **kwargs: Any) -> LocalLMJudge:
-        """Load the judge model and tokenizer through alignkit's one loader."""
-        section = ModelSection(name_or_path=path)
-        tokenizer = load_tokenizer(section, padding_side="left")
-        return cls(load_causal_lm(section, tokenizer=tokenizer), tokenizer, template, name=path,
-                   fingerprint=fingerprint(path), **kwargs)
+        """Load the judge model and tokenizer through alignkit's one loader (on the GPU when there is one)."""
+        model, tokenizer = load_for_generation(path)
+        return cls(model, tokenizer, template, name=path, fingerprint=fingerprint(path), **kwargs)
 
     def cache_id(self) -> str:
         # The judge's weights and tokenizer (fingerprint), template text and decoding settings decide a verdict.
