@@ -183,3 +183,31 @@ def test_trainer_scores_each_completion_up_to_its_eos(tmp_path: Path, tiny_model
     scored = batch["input_ids"][batch["completion_mask"].bool()].tolist()
     assert scored == row["chosen_ids"] + row["rejected_ids"]  # the loss's tokens, each completion ending at EOS
     assert len(trainer.train_dataset) == 3 * 6
+
+
+def test_dpo_of_a_qlora_sft_adapter_trains_it_on_its_recorded_4bit_base(tmp_path: Path, tiny_model_dir: Path,
+                                                                       prefs: Path, tiny_tokenizer: Any) -> None:
+    """No quantization section: the SFT adapter's record says NF4, so DPO trains (and model/ records) that base."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.runio import write_quantization_record
+
+    nf4 = QuantizationSection(load_in_4bit=True)
+    sft = tmp_path / "sft-adapter"
+    get_peft_model(load_causal_lm(ModelSection(name_or_path=str(tiny_model_dir)), nf4),
+                   LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear")).save_pretrained(sft)
+    tiny_tokenizer.save_pretrained(sft)
+    write_quantization_record(sft, nf4.model_dump())
+    _dpo(tmp_path / "run", sft, prefs, "train.max_steps=2", "train.learning_rate=5e-2")
+    adapter = tmp_path / "run" / "model"
+    assert json.loads((adapter / QUANT_FILE).read_text()) == nf4.model_dump()
+    trained = PeftModel.from_pretrained(load_causal_lm(ModelSection(name_or_path=str(tiny_model_dir)), nf4), adapter)
+    float_base = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
+    ids = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17]])
+    with torch.no_grad():
+        want = trained.eval()(input_ids=ids).logits
+        got = load_causal_lm(ModelSection(name_or_path=str(adapter))).eval()(input_ids=ids).logits
+        other = float_base.eval()(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (other - want).abs().max().item() > 1e-2
