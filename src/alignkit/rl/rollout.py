@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from alignkit.reference import Reference
 from alignkit.rl import core
 from alignkit.rl.modules import response_logits, response_values
+from alignkit.rl.sampling import RowSeededSampler, greedy_config, row_seed
 
 ESTIMATORS = ("gae", "grpo", "rloo")
 
@@ -115,32 +117,35 @@ class RolloutWorker:
             picks.extend([self.prompts[order[pos]]] * group)
         return picks
 
-    def generation_config(self) -> Any:
-        """Pure sampling: top_k=0, top_p=1 unless asked; other filters bias the KL (N+ details)."""
-        from transformers import GenerationConfig
+    def first_row(self) -> int:
+        """Global index (within a rollout) of this process's first response row."""
+        return self.accelerator.process_index * (self.config.rollout_batch_size // self.accelerator.num_processes)
 
+    def sampler(self, rollout_idx: int, rows: range) -> RowSeededSampler:
+        """Pure sampling (top_k=0, top_p=1 unless asked; other filters bias the KL, N+ details), one stream a row."""
         cfg = self.config
-        # An explicit config so the model's own generation defaults (top_k=50, repetition penalty...) cannot sneak in.
-        return GenerationConfig(do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                max_new_tokens=cfg.max_new_tokens, eos_token_id=self.eos, pad_token_id=self.pad,
-                                use_cache=True)
+        # A row's randomness is a function of (seed, rollout, global row): a resumed run samples what an unbroken
+        # one would, and N processes sample what one process would for the same global batch.
+        seeds = [row_seed(cfg.seed, rollout_idx, self.first_row() + r) for r in rows]
+        return RowSeededSampler(seeds, self.accelerator.device, cfg.temperature, cfg.top_k, cfg.top_p)
 
     @torch.no_grad()
     def sample(self, rollout_idx: int, policy: Any) -> Samples:
         """Generate this process's responses of rollout `rollout_idx`, cut after the first EOS."""
         cfg, device = self.config, self.accelerator.device
-        # Randomness is a function of (seed, rollout, rank), so a resumed run samples what an unbroken one would.
-        torch.manual_seed(cfg.seed * 1_000_003 + rollout_idx * 1009 + self.accelerator.process_index)
         batch = self.prompt_batch(rollout_idx)
         prompt_ids, prompt_mask = left_pad([ids for ids, _ in batch], self.pad, device)
         chunk = cfg.forward_batch_size or len(batch)
+        generation_config = greedy_config(cfg.max_new_tokens, self.eos, self.pad)
         was_training = policy.training
         policy.eval()
         t0 = time.perf_counter()
         responses = []
         for s in range(0, len(batch), chunk):
+            rows = range(s, min(s + chunk, len(batch)))
             seq = policy.generate(input_ids=prompt_ids[s:s + chunk], attention_mask=prompt_mask[s:s + chunk],
-                                  generation_config=self.generation_config())
+                                  generation_config=generation_config,
+                                  logits_processor=LogitsProcessorList([self.sampler(rollout_idx, rows)]))
             responses.extend(seq[:, prompt_ids.shape[1]:])
         generate_s = time.perf_counter() - t0
         policy.train(was_training)
