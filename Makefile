@@ -4,7 +4,7 @@ VENV_STAMP := .venv/.alignkit-installed
 # tests/eval/test_report.py renders report.html in a headless browser; any of these will do.
 BROWSERS := chromium chromium-browser google-chrome
 
-.PHONY: install browser demo test bench lint world base
+.PHONY: install browser demo test test-all bench lint world base
 
 $(VENV_STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -19,8 +19,11 @@ install: $(VENV_STAMP)
 demo: install   ## the whole pipeline on the embedded world: SFT -> RM -> PPO -> DPO -> win-rate report
 	$(PY) -m alignkit.cli train recipes/pipeline_tiny.yaml
 
-test: install browser  ## the test suite (< 10 minutes on 2 CPU cores)
+test: install browser  ## the test suite (< 10 minutes on 2 CPU cores; slow-marked end-to-end runs deselected)
 	$(PY) -m pytest
+
+test-all: install browser  ## the test suite plus the slow end-to-end runs (DDP parity, kill-resume, RL gains, full matrix)
+	$(PY) -m pytest -m ""
 
 # Headless Chromium from Debian's apt, installed once (as root or with passwordless sudo); where that is
 # not possible, one line says what to do. ALIGNKIT_SKIP_BROWSER=1 skips the browser check instead.
