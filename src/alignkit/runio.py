@@ -203,18 +203,24 @@ def save_model(model: Any, tokenizer: Any, final: str | Path, *, quantization: d
     return Path(final)
 
 
-def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint-<step> folder under `checkpoint_dir`, or None.
+def complete_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """The complete checkpoint-<step> folders under `checkpoint_dir`, oldest (lowest step) first.
 
     Checkpoints are published by one rename once written (hidden `.tmp-*` folders are never picked up);
     trainer_state.json, which every trainer writes last, also guards against folders from older writers.
     """
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
-        return None
+        return []
     found = [(int(m.group(1)), p) for p in folder.iterdir()
              if p.is_dir() and (m := CHECKPOINT_NAME.fullmatch(p.name)) and (p / CHECKPOINT_STATE).is_file()]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint-<step> folder under `checkpoint_dir`, or None."""
+    found = complete_checkpoints(checkpoint_dir)
+    return found[-1] if found else None
 
 
 class RunDir:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from alignkit.reference import REF_ADAPTER, is_peft_model
+from alignkit.runio import complete_checkpoints, latest_checkpoint  # noqa: F401  (one checkpoint discovery; re-exported for the trainer and eval)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 # trainer_state.json's key for the checkpoint's KL to the reference (objective/kl of its last rollout):
@@ -63,19 +64,6 @@ def load_policy(policy: Any, folder: Path) -> None:
             raise RuntimeError(f"adapter in {folder} does not match the policy: {result.unexpected_keys[:5]}")
     else:
         load_full_weights(policy, folder)
-
-
-def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """checkpoint-<n> folders holding a trainer_state.json, oldest first (temp folders of interrupted writes are ignored)."""
-    found = [p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The complete checkpoint-<n> folder with the highest n."""
-    found = complete_checkpoints(checkpoint_dir)
-    return found[-1] if found else None
 
 
 def prune_checkpoints(checkpoint_dir: Path, keep: int | None) -> list[Path]:
