@@ -24,7 +24,7 @@ import common
 
 RECIPES = {"full": "recipes/sft_full.yaml", "lora": "recipes/sft_lora.yaml", "qlora": "recipes/sft_qlora.yaml"}
 # run name -> (recipe, extra environment). On CPU a quantized load fixes glibc's mmap threshold
-# (models.return_freed_memory_to_os); the last run gives full fine-tuning the same allocator setting,
+# (memory.return_freed_memory_to_os); the last run gives full fine-tuning the same allocator setting,
 # so that the ratio can be read both ways.
 RUNS = {"full": ("full", {}), "lora": ("lora", {}), "qlora": ("qlora", {}),
         "full_same_allocator": ("full", {"MALLOC_MMAP_THRESHOLD_": "131072"})}

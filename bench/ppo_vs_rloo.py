@@ -41,12 +41,14 @@ def reward_model_path(work: Path) -> str:
 
 def alignkit_run(rm: str, rollouts: int) -> dict[str, float]:
     """recipes/ppo.yaml's models built by alignkit's ppo stage; times PPOTrainer.train (no checkpoints)."""
+    from alignkit import online_stage
     from alignkit.config import load_recipe
     from alignkit.config.base import ModelSection
     from alignkit.models import load_reward_model, load_tokenizer
-    from alignkit.ppo import stage
-    from alignkit.ppo.trainer import PPOTrainer
     from alignkit.reward_model import RewardScorer
+    from alignkit.rl.prompts import load_prompts
+    from alignkit.rl.rewards import scorer_reward_fn
+    from alignkit.rl.trainer import RLTrainer
 
     recipe = load_recipe("recipes/ppo.yaml", [
         f"model.name_or_path={POLICY}", f"ppo.reward_model={rm}", f"ppo.rollout_batch_size={EPISODES_PER_BATCH}",
@@ -55,16 +57,16 @@ def alignkit_run(rm: str, rollouts: int) -> dict[str, float]:
         "ppo.critic_warmup_rollouts=0", "train.report_to=[]",
     ])
     tokenizer = load_tokenizer(recipe.model, padding_side="left")
-    prompts, _ = stage.load_prompts(recipe, tokenizer)
-    mode = stage.reference_mode(recipe)
-    policy, ref_policy = stage.build_policy(recipe, mode)
+    prompts, _ = load_prompts(recipe.data.datasets, tokenizer, recipe.model.max_length - NEW_TOKENS, "max_length")
+    mode = online_stage.reference_mode(recipe)
+    policy, ref_policy = online_stage.build_policy(recipe, mode)
     scorer = RewardScorer.from_pretrained(rm)
     scorer.model.requires_grad_(False)
     value_model = load_reward_model(rm, ModelSection(name_or_path=rm))
-    config = stage.ppo_config(recipe)
+    config = online_stage.trainer_config(recipe)
     config.num_rollouts = rollouts
-    trainer = PPOTrainer(config, policy, ref_policy, value_model, stage.scorer_reward_fn(scorer, tokenizer.pad_token_id),
-                         tokenizer, prompts)
+    trainer = RLTrainer(config, policy, ref_policy, value_model, scorer_reward_fn(scorer, tokenizer.pad_token_id),
+                        tokenizer, prompts)
     start = time.perf_counter()
     history = trainer.train()
     seconds = time.perf_counter() - start

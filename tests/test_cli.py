@@ -32,3 +32,4 @@ def test_run_py_entry_point_takes_overrides(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "train.bogus: unknown key" in done.stderr
+

@@ -158,3 +158,26 @@ def test_push_needs_a_repo_id(finished_run: Path) -> None:
     (finished_run / "recipe.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(AlignkitError, match="--repo-id"):
         push_run(finished_run)
+
+
+@pytest.mark.parametrize(("env_change", "message"), [
+    ({"HF_TOKEN": None}, "alignkit push: no Hugging Face token: set HF_TOKEN or run `hf auth login`"),
+    ({"HF_HUB_OFFLINE": "1"}, "alignkit push: cannot push in offline mode (HF_HUB_OFFLINE=1); unset it to upload"),
+], ids=["no_token", "offline"])
+def test_push_without_hub_access_is_one_line(finished_run: Path, hub_server: Any, tmp_path: Path,
+                                             env_change: dict[str, str | None], message: str) -> None:
+    """Regression: both used to end in a huggingface_hub traceback; now one line before any request."""
+    host, port = hub_server.server_address
+    env = {**os.environ, "HF_ENDPOINT": f"http://{host}:{port}", "HF_TOKEN": TOKEN,
+           "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    for key, value in env_change.items():
+        env.pop(key, None) if value is None else env.__setitem__(key, value)
+    done = subprocess.run([sys.executable, "-m", "alignkit.cli", "push", str(finished_run)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"alignkit: error: {message}"
+    assert FakeHub.requests == []
+    assert not (finished_run / "hub.json").exists()

@@ -11,7 +11,7 @@ import torch
 
 from alignkit.config.base import ModelSection, QuantizationSection
 from alignkit.errors import AlignkitError
-from alignkit.merge import QUANT_FILE, merge_adapter
+from alignkit.merge import MERGE_MARKER, QUANT_FILE, merge_adapter
 from alignkit.models import load_causal_lm
 
 IDS = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17], [20, 21, 22, 23, 24, 25, 26, 27]])
@@ -89,3 +89,40 @@ def test_merge_of_a_non_adapter_is_a_user_error(tiny_model_dir, tmp_path):
     with pytest.raises(AlignkitError, match="adapter"):
         merge_adapter(str(tiny_model_dir), str(tmp_path / "merged"))
     assert not (tmp_path / "merged").exists()
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_merge_never_replaces_a_folder_it_did_not_write(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """Regression: `merge RUN/model --out RUN` (or a folder of runs) used to delete the whole folder, exit 0."""
+    runs = tmp_path / "runs"
+    run = runs / "sft"
+    make_adapter(tiny_model_dir, run / "model", tiny_tokenizer)
+    (run / "run.json").write_text('{"status": "complete"}\n')
+    (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}\n")
+    (runs / "notes.txt").write_text("a sibling file\n")
+    before = _tree(runs)
+    for out, message in [(run, "contains the adapter folder"), (runs, "contains the adapter folder"),
+                         (run / "model", "is the adapter folder"), (run / "model" / "merged", "is inside the adapter"),
+                         (tiny_model_dir, "is the adapter's base model"), (runs / "other", "is not empty")]:
+        if out.name == "other":
+            (out / "model").mkdir(parents=True, exist_ok=True)
+            (out / "model" / "weights.bin").write_bytes(b"someone else's")
+            before = _tree(runs)
+        with pytest.raises(AlignkitError, match=message):
+            merge_adapter(str(run / "model"), str(out))
+        assert _tree(runs) == before
+    assert not list(runs.rglob(".tmp-*"))
+
+
+def test_merge_replaces_its_own_earlier_output(tiny_model_dir, tiny_tokenizer, tmp_path):
+    make_adapter(tiny_model_dir, tmp_path / "adapter", tiny_tokenizer)
+    (tmp_path / "merged").mkdir()  # an empty folder holds nothing to lose
+    merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "merged"))
+    assert json.loads((tmp_path / "merged" / MERGE_MARKER).read_text())["dtype"] == "float32"
+    merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "merged"), dtype="bfloat16")
+    assert {p.dtype for p in _plain(tmp_path / "merged").parameters()} == {torch.bfloat16}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "merged"]  # no temp folders left behind

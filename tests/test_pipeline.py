@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from alignkit.cli import train
 from alignkit.errors import AlignkitError
 from alignkit.pipeline import input_paths, resolve_refs
+from alignkit.runio import current_umask
 
 
 def _continued_pretrain(path: Path, model: str, corpus: Path) -> Path:
@@ -71,6 +73,11 @@ def test_chain_manifest_skip_and_force(pipeline_recipe: tuple[Path, Path]) -> No
     assert all(len(h) == 64 for h in second["inputs"].values())
     assert len(first["recipe_sha256"]) == 64 and first["metrics"]["global_step"] == 2
     assert (out / "second" / "model" / "model.safetensors").is_file()
+    # run.json states what model/ holds; files are published with the usual permissions, not mkstemp's 0600
+    assert json.loads((out / "second" / "run.json").read_text())["model_kind"] == "full"
+    umask = current_umask()
+    assert stat.S_IMODE((out / "second" / "model").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((out / "manifest.json").stat().st_mode) == 0o666 & ~umask
     stamps = {s: _finished(out, s) for s in ("first", "second")}
 
     # rerun: nothing changed, nothing trains

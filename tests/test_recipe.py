@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignkit.config.recipe import apply_overrides, load_recipe
+from alignkit.config.recipe import apply_overrides, load_recipe, load_yaml
 from alignkit.errors import AlignkitError
 
 BASE = {
@@ -94,3 +94,63 @@ def test_yaml_tags_are_refused(tmp_path):
     path.write_text("stage: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(AlignkitError, match="not valid YAML"):
         load_recipe(path)
+
+
+def test_duplicate_keys_are_refused_with_their_line(tmp_path):
+    """Regression: PyYAML keeps the last of two `train:` sections and silently drops the first."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump(BASE, sort_keys=False) + "train:\n  max_steps: 2\ntrain:\n  learning_rate: 0.1\n")
+    line = len(path.read_text().splitlines())  # the second `train:` is the second-to-last line
+    with pytest.raises(AlignkitError, match=rf"dup.yaml:{line - 1}: not valid YAML \(duplicate key 'train'"):
+        load_recipe(path)
+    path.write_text(yaml.safe_dump(BASE, sort_keys=False) + "train:\n  max_steps: 2\n  max_steps: 3\n")
+    with pytest.raises(AlignkitError, match="duplicate key 'max_steps'"):
+        load_recipe(path)
+
+
+def test_yaml_merge_keys_may_override(tmp_path):
+    """`<<: *anchor` then a key of the mapping's own is an override, not a duplicate."""
+    path = tmp_path / "merge.yaml"
+    path.write_text(yaml.safe_dump(BASE, sort_keys=False)
+                    + "defaults: &d {learning_rate: 0.1, max_steps: 2}\ntrain:\n  <<: *d\n  learning_rate: 0.2\n")
+    raw = load_yaml(path)
+    assert raw["train"] == {"learning_rate": 0.2, "max_steps": 2}
+
+
+def test_override_that_is_not_yaml_is_one_line(tmp_path):
+    with pytest.raises(AlignkitError) as err:
+        load_recipe(write(tmp_path, BASE), ["train.learning_rate=[1,"])
+    assert str(err.value).startswith("override train.learning_rate=[1,: the value is not valid YAML")
+    with pytest.raises(AlignkitError, match="duplicate key 'a'"):
+        apply_overrides({}, ["train.trainer_kwargs={a: 1, a: 2}"])
+
+
+def test_jinja_overrides_are_plain_strings():
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    raw = apply_overrides({}, [f"model.chat_template={template}", "model.revision={{ not_yaml }}",
+                               "a.b=Hello {{ name }}", "a.c={ x: 1 }"])
+    assert raw["model"] == {"chat_template": template, "revision": "{{ not_yaml }}"}
+    assert raw["a"] == {"b": "Hello {{ name }}", "c": {"x": 1}}  # YAML that is not Jinja still parses
+
+
+PPO = {"stage": "ppo", "output_dir": "runs/p", "model": {"name_or_path": "data/models/tiny-sft"},
+       "data": {"datasets": [{"path": "data/world/rl_prompts.jsonl"}]},
+       "ppo": {"reward_model": "data/models/tiny-rm"}}
+
+
+@pytest.mark.parametrize("key,value", [("bf16", True), ("gradient_checkpointing", True), ("optim", "adafactor"),
+                                       ("warmup_ratio", 0.1), ("per_device_train_batch_size", 4)])
+def test_a_train_key_the_stage_ignores_is_refused_by_name(tmp_path, key, value):
+    path = write(tmp_path, {**PPO, "train": {key: value}})
+    with pytest.raises(AlignkitError) as err:
+        load_recipe(path)
+    assert f"train.{key} is not used by stage ppo" in str(err.value)
+    assert str(err.value).startswith(str(path))
+
+
+def test_train_keys_the_stage_reads_or_left_at_default_are_accepted(tmp_path):
+    train = {"learning_rate": 1e-5, "max_grad_norm": 0.5, "save_total_limit": None, "report_to": [],
+             "bf16": False, "optim": "adamw_torch"}  # the last two are the defaults: harmless
+    recipe = load_recipe(write(tmp_path, {**PPO, "train": train}))
+    assert recipe.train.learning_rate == 1e-5
+    assert load_recipe(write(tmp_path, {**BASE, "train": {"bf16": "auto", "optim": "adafactor"}})).train.bf16 == "auto"

@@ -22,7 +22,7 @@ from alignkit.reward_model import (
     reward_input_text,
     sequence_scores,
 )
-from alignkit.runio import RunDir
+from alignkit.runio import QUANT_FILE, RunDir
 from tests.conftest import write_jsonl
 
 
@@ -315,6 +315,12 @@ def test_qlora_reward_model_is_saved_as_the_trained_model(tmp_path, tiny_model_d
     for key in ("chosen_mean", "rejected_mean", "chosen_std", "rejected_std", "margin"):
         # Merged into the 4-bit weights (re-quantized), chosen_mean was 0.45 against 0.35 measured.
         assert saved[key] == pytest.approx(metrics[f"heldout_{key}"], abs=2e-5), key
+    # adapter/ records its 4-bit base, so loading it rebuilds that base (not the float one) and scores the same.
+    assert json.loads((out / "adapter" / QUANT_FILE).read_text())["load_in_4bit"] is True
+    adapter = reward.pairwise_metrics(RewardScorer.from_pretrained(str(out / "adapter")),
+                                      load_preference_datasets(recipe.data.eval_datasets))
+    for key in ("chosen_mean", "rejected_mean", "margin"):
+        assert adapter[key] == pytest.approx(metrics[f"heldout_{key}"], abs=2e-5), key
 
 
 def test_reward_text_spells_the_answer_as_the_chat_template_does(tiny_tokenizer):

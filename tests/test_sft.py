@@ -222,7 +222,7 @@ def test_quantized_load_reads_the_checkpoint_without_mapping_it(tiny_model_dir):
     """A 4-bit load keeps no page of the full-precision file mapped: pread, not mmap (bench/memory.py)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from alignkit.models import read_checkpoints_without_mmap
+    from alignkit.memory import read_checkpoints_without_mmap
 
     weights = tiny_model_dir / "model.safetensors"
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
@@ -272,9 +272,15 @@ def test_resume_continues_at_the_saved_step_with_optimizer_state(tiny_model_dir,
     for name, value in _adapter_weights(run_dir).items():
         torch.testing.assert_close(value, uninterrupted[name], atol=1e-6, rtol=1e-5, msg=name)
 
-    # Resuming a checkpoint that is already at the end trains nothing: that is an error, not a silent skip.
-    with pytest.raises(AlignkitError, match="nothing would be trained"):
-        _adapter_run(tiny_model_dir, chat_file, out, **resumed_sections)
+    # A checkpoint already at the end (a crash after it) is loaded and the run completes: no stray 7th step.
+    finished = _adapter_weights(run_dir)
+    _, third = _adapter_run(tiny_model_dir, chat_file, out, **resumed_sections)
+    assert third["global_step"] == 6 and not (run_dir.checkpoints / "checkpoint-7").exists()
+    for name, value in _adapter_weights(run_dir).items():
+        torch.testing.assert_close(value, finished[name], atol=0, rtol=0, msg=name)
+    # One past the end is another schedule: an error, not a silent skip.
+    with pytest.raises(AlignkitError, match="past the end of the schedule"):
+        _adapter_run(tiny_model_dir, chat_file, out, **_merge(resumed_sections, {"train": {"max_steps": 5}}))
 
 
 def test_bad_row_names_file_and_row(tiny_model_dir, tmp_path):
@@ -315,3 +321,19 @@ def test_template_without_generation_markers_trains_assistant_turns_only(tiny_mo
     labels = trainer.data_collator([trainer.train_dataset[0]])["labels"][0].tolist()
     # Both assistant turns with their turn end, nothing of the system/user turns or the headers.
     assert tok.decode([t for t in labels if t != -100]) == "Eastvale.<|im_end|>The Ilsa.<|im_end|>"
+
+
+def test_rows_with_nothing_trained_within_max_length_are_counted_and_none_left_is_an_error(
+        tiny_model_dir, tmp_path, caplog):
+    long = {"messages": [{"role": "user", "content": "Where is Bresbis? " * 12},
+                         {"role": "assistant", "content": "Eastvale."}]}
+    data = write_jsonl(tmp_path / "mixed.jsonl", [CHAT_ROWS[1], long, CHAT_ROWS[2]])
+    with caplog.at_level("WARNING", logger="alignkit.sft"):
+        trainer = sft.build_trainer(sft_recipe(tiny_model_dir, data, tmp_path / "run", model={"max_length": 40}),
+                                    RunDir(tmp_path / "run"))
+    assert len(trainer.train_dataset) == 2
+    assert "dropped 1 of 3 rows of data.datasets with no trained token within model.max_length=40" in caplog.text
+    only_long = write_jsonl(tmp_path / "long.jsonl", [long])
+    with pytest.raises(AlignkitError, match="no row of data.datasets has a trained token within 40 tokens"):
+        sft.build_trainer(sft_recipe(tiny_model_dir, only_long, tmp_path / "run2", model={"max_length": 40}),
+                          RunDir(tmp_path / "run2"))

@@ -24,6 +24,15 @@ def test_stage_run_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert "stage:    dpo" in out and "status:   complete" in out
     assert "rewards/accuracies  0.6875" in out and "0.4123" in out and "120" in out
     assert "win rates" not in out
+    assert "model:" not in out  # no model/ recorded in run.json
+
+
+def test_summary_states_what_model_holds(tmp_path: Path) -> None:
+    rd = RunDir(tmp_path / "sft")
+    (rd.model_dir).mkdir(parents=True)
+    (rd.model_dir / "adapter_config.json").write_text("{}")
+    rd.finish({"train_loss": 1.0}, stage="sft", **rd.model_record())
+    assert f"model:    {rd.model_dir} (adapter)" in format_summary(rd.path).splitlines()
 
 
 def test_pipeline_summary_prints_steps_and_win_rates(tmp_path: Path) -> None:

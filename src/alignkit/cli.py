@@ -3,89 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from alignkit.errors import AlignkitError
 
-if TYPE_CHECKING:
-    from alignkit.config import Recipe
-
-# stage -> module with `run(recipe, run_dir, recipe_path) -> dict` (imported lazily: torch is slow to load).
-STAGES = {
-    "pretrain": "alignkit.pretrain",
-    "sft": "alignkit.sft",
-    "reward": "alignkit.reward",
-    "ppo": "alignkit.ppo.stage",
-    "dpo": "alignkit.dpo",
-    "eval": "alignkit.eval.harness",
-    "pipeline": "alignkit.pipeline",
-}
 ACCELERATE_KEYS = {"compute_environment", "distributed_type", "num_processes", "mixed_precision"}
-
-log = logging.getLogger("alignkit")
-
-
-def stage_module(stage: str) -> Any:
-    """Import the module that runs a stage."""
-    try:
-        return importlib.import_module(STAGES[stage])
-    except ModuleNotFoundError as exc:
-        if exc.name == STAGES[stage]:
-            raise AlignkitError(f"stage '{stage}' is not available in this version", where="stage") from None
-        raise
 
 
 def train(recipe_path: str, overrides: list[str], force: list[str] | None = None) -> dict[str, Any]:
-    """Run one recipe: validate, prepare the run folder, run the stage, write the completion marker last."""
-    from alignkit.config import load_recipe
+    """`alignkit train`: run one recipe through the stage lifecycle (imported now: it loads torch)."""
+    from alignkit.stages.lifecycle import train as run_recipe_file
 
-    return run_recipe(load_recipe(recipe_path, overrides), recipe_path, force=force)
-
-
-def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None) -> dict[str, Any]:
-    """Run a validated recipe (the pipeline calls this for each step): preflight, folder, stage, marker last."""
-    from alignkit.config.base import resolve_precision
-    from alignkit.preflight import preflight
-    from alignkit.runio import RunDir
-
-    preflight(recipe, training=True)  # before anything is written or any model loads
-    resolve_precision(recipe.train)  # train.bf16/fp16: true on a machine without it stops here, not after loading
-    module = stage_module(recipe.stage)
-    run_dir = RunDir(recipe.output_dir)
-    main_process = _is_main_process()
-    if recipe.stage != "pipeline":
-        run_dir.prepare(overwrite=recipe.train.overwrite_output_dir, resume=recipe.train.resume_from_checkpoint)
-        if main_process:
-            run_dir.save_recipe(recipe.dump())
-    if recipe.stage == "pipeline":
-        metrics = module.run(recipe, run_dir, recipe_path, force=force or [])
-    else:
-        # Seed before any model or adapter is built: LoRA and value-head initialisation must follow the
-        # recipe's seed, and be the same on every DDP rank as in a single-process run.
-        from transformers import set_seed
-
-        set_seed(recipe.seed)
-        metrics = module.run(recipe, run_dir, recipe_path)
-    if main_process and recipe.stage != "pipeline":
-        run_dir.finish(metrics or {}, stage=recipe.stage, recipe=str(recipe_path))
-        if recipe.hub is not None and recipe.hub.push_on_finish:
-            from alignkit.hub import push_run
-
-            log.info("pushed to %s", push_run(run_dir.path))
-    return metrics or {}
-
-
-def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    return run_recipe_file(recipe_path, overrides, force=force)
 
 
 def validate(paths: list[str]) -> int:

@@ -18,6 +18,7 @@ from alignkit.config.base import HubSection
 from alignkit.errors import AlignkitError
 from alignkit.modelcard import read_recipe, render_card
 from alignkit.models import adapter_base
+from alignkit.preflight import check_hub_access
 from alignkit.runio import RunDir, atomic_write_json
 
 log = logging.getLogger("alignkit.hub")
@@ -37,11 +38,11 @@ def hub_section(run_dir: RunDir, repo_id: str | None) -> HubSection:
 
 def model_folder(run_dir: RunDir, push: str, staging: Path) -> Path:
     """The folder to upload for `push` (adapter | merged | full); merges into `staging` when needed."""
-    model, adapter, merged = run_dir.model_dir, run_dir.path / "adapter", run_dir.path / "merged"
+    model, adapter, merged = run_dir.model_dir, run_dir.adapter_dir, run_dir.merged_dir
     if not model.is_dir():
         raise AlignkitError("has no model/ folder to push (eval and pipeline runs hold no model; "
                             "push a step's run folder)", where=str(run_dir.path))
-    model_is_adapter = adapter_base(str(model)) is not None
+    model_is_adapter = run_dir.model_kind() == "adapter"
     if push == "adapter":
         return adapter if adapter.is_dir() else model  # PPO/reward runs keep the adapter beside the merged model
     if push == "full":
@@ -78,6 +79,7 @@ def push_run(run_dir: str | Path, repo_id: str | None = None) -> str:
     rd = RunDir(run_dir)
     rd.read_summary()  # only finished runs are pushed
     hub = hub_section(rd, repo_id)
+    check_hub_access("alignkit push")  # before a merge or any upload, not as a traceback halfway
     api = HfApi()  # token: HF_TOKEN or the login cache, resolved by huggingface_hub
     with tempfile.TemporaryDirectory() as staging:
         folder = model_folder(rd, hub.push, Path(staging))

@@ -7,32 +7,41 @@ rebuild the same NF4 base, dequantize it, and merge into that.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from alignkit.config.base import ModelSection, QuantizationSection
-from alignkit.errors import AlignkitError
-from alignkit.runio import atomic_dir
+import torch
+from transformers import AutoTokenizer
 
-QUANT_FILE = "alignkit_quantization.json"
+from alignkit.config.base import ModelSection
+from alignkit.errors import AlignkitError
+from alignkit.models import (
+    adapter_base,
+    attach_adapter,
+    dequantize,
+    load_causal_lm,
+    recorded_quantization,
+    set_generation_eos,
+)
+from alignkit.preflight import local_path, overlap
+from alignkit.runio import QUANT_FILE, save_model
+
+__all__ = ["MERGE_MARKER", "QUANT_FILE", "check_merge_target", "load_for_merge", "merge_adapter"]
+# Written into every merge output: the only non-empty folder a merge may replace is one it wrote itself.
+# Hidden, so Hub uploads and pipeline content hashes skip it.
+MERGE_MARKER = ".alignkit-merge.json"
 
 
 def load_for_merge(adapter_dir: str, dtype: str = "float32") -> Any:
     """Base (dequantized if it was trained in 4-bit) + adapter, merged and unloaded."""
-    import torch
-
-    from alignkit.models import adapter_base, attach_adapter, load_causal_lm
-
     base = adapter_base(adapter_dir)
     if base is None:
         raise AlignkitError("not a PEFT adapter folder (no adapter_config.json)", where=adapter_dir)
     section = ModelSection(name_or_path=base, torch_dtype=dtype)
-    quant_file = Path(adapter_dir) / QUANT_FILE
-    if quant_file.is_file():
-        quant = QuantizationSection(**json.loads(quant_file.read_text()))
+    quant = recorded_quantization(adapter_dir)  # the 4/8-bit base the adapter was trained on, if any
+    if quant is not None:
         model = load_causal_lm(section, quant)
-        model = model.dequantize()
+        model = dequantize(model)  # GPT-2's Conv1D layers stay Conv1D
         model = model.to(getattr(torch, dtype))
     else:
         model = load_causal_lm(section)
@@ -40,12 +49,28 @@ def load_for_merge(adapter_dir: str, dtype: str = "float32") -> Any:
     return model.merge_and_unload()
 
 
+def check_merge_target(adapter_dir: str, out_dir: str) -> None:
+    """Refuse an output folder that would replace or mix into anything the merge did not write itself."""
+    where = f"merge output {out_dir}"
+    out = Path(out_dir).expanduser().resolve()
+    base = adapter_base(adapter_dir)
+    inputs = {"the adapter folder": local_path(adapter_dir), "the adapter's base model": local_path(base)}
+    for what, path in inputs.items():
+        relation = overlap(out, path) if path is not None else None
+        if relation:
+            raise AlignkitError(f"{relation} {what} ({path}); merge into a new folder", where=where)
+    if out.exists() and not out.is_dir():
+        raise AlignkitError("exists and is not a folder", where=where)
+    if out.is_dir() and any(out.iterdir()) and not (out / MERGE_MARKER).is_file():
+        raise AlignkitError("is not empty and is not an earlier merge output; merge only replaces folders it "
+                            "wrote itself, choose a new or empty folder", where=where)
+
+
 def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "float32") -> Path:
     """Write the merged full model + tokenizer (+ generation_config) to out_dir as safetensors."""
-    from transformers import AutoTokenizer
-
-    from alignkit.models import set_generation_eos
-
+    if adapter_base(adapter_dir) is None:
+        raise AlignkitError("not a PEFT adapter folder (no adapter_config.json)", where=adapter_dir)
+    check_merge_target(adapter_dir, out_dir)  # before minutes of loading, and before anything is replaced
     merged = load_for_merge(adapter_dir, dtype)
     if getattr(merged.config, "quantization_config", None) is not None:
         # The weights are now plain floats; a leftover config would make loaders re-quantize them.
@@ -53,7 +78,4 @@ def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "float32") -> Pat
         merged.is_quantized = False
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     set_generation_eos(merged, tokenizer)  # the base's generation_config may not know the chat EOS
-    with atomic_dir(out_dir) as tmp:
-        merged.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-    return Path(out_dir)
+    return save_model(merged, tokenizer, out_dir, extra_json={MERGE_MARKER: {"adapter": str(adapter_dir), "dtype": dtype}})

@@ -10,16 +10,19 @@ import yaml
 
 from alignkit.config.base import looks_local
 from alignkit.runio import RunDir, redact
+from alignkit.stages import REGISTRY
 
-STAGE_TAGS = {
-    "pretrain": ["pretraining"], "sft": ["sft", "trl"], "reward": ["reward-model", "trl"],
-    "ppo": ["ppo", "rlhf"], "dpo": ["dpo", "trl"], "eval": ["evaluation"],
-}
-STAGE_TEXT = {
-    "pretrain": "(continued) pretraining", "sft": "supervised fine-tuning (SFT)",
-    "reward": "reward modelling (Bradley-Terry / K-way ranking loss)", "ppo": "RLHF with PPO",
-    "dpo": "direct preference optimisation (DPO)", "eval": "win-rate evaluation",
-}
+
+def stage_tags(stage: str) -> list[str]:
+    """The Hub tags of a stage (from the stage registry; none for an unknown name)."""
+    spec = REGISTRY.get(stage)
+    return list(spec.tags) if spec else []
+
+
+def stage_text(stage: str) -> str:
+    """How the model card names what a stage did."""
+    spec = REGISTRY.get(stage)
+    return spec.description if spec else stage
 
 
 def read_recipe(run_dir: RunDir) -> dict[str, Any]:
@@ -50,7 +53,7 @@ def metadata(recipe: dict[str, Any], stage: str, is_adapter: bool, license_id: s
     meta: dict[str, Any] = {
         "library_name": "peft" if is_adapter else "transformers",
         "license": license_id,
-        "tags": ["alignkit", stage, *STAGE_TAGS.get(stage, []), *(["lora"] if is_adapter else [])],
+        "tags": ["alignkit", stage, *stage_tags(stage), *(["lora"] if is_adapter else [])],
         "pipeline_tag": "text-classification" if stage == "reward" else "text-generation",
     }
     if model and not looks_local(model):
@@ -79,7 +82,7 @@ def render_card(run_dir: str | Path, repo_id: str, is_adapter: bool = False, lic
     parts = [
         f"---\n{head}\n---\n",
         f"# {repo_id.split('/')[-1]}\n",
-        f"Trained with [alignkit](https://github.com/alignkit/alignkit): {STAGE_TEXT.get(stage, stage)}"
+        f"Trained with [alignkit](https://github.com/alignkit/alignkit): {stage_text(stage)}"
         + (f" of `{model}`" if model else "") + (f" on {', '.join(f'`{d}`' for d in data)}" if data else "") + ".",
         "This repository holds a PEFT LoRA adapter; load it on its base model." if is_adapter else "",
         f"\n## Training metrics\n\nFinished {summary.get('finished_at', '?')}.\n\n{metrics_table(summary.get('metrics', {}))}",

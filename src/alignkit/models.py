@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,12 @@ import torch
 from alignkit.config.base import ModelSection, PeftSection, QuantizationSection
 from alignkit.data.templates import require_chat_template, set_chat_template
 from alignkit.errors import AlignkitError
+from alignkit.memory import (
+    read_checkpoints_without_mmap,
+    release_checkpoint_mapping,
+    return_freed_memory_to_os,
+)
+from alignkit.runio import read_quantization_record
 
 log = logging.getLogger("alignkit.models")
 
@@ -54,6 +58,12 @@ def tokenizer_source(model: ModelSection) -> str:
     if (Path(path) / "tokenizer_config.json").is_file():
         return path
     return adapter_base(path) or path
+
+
+def has_tokenizer(model: ModelSection) -> bool:
+    """False only for a local folder without tokenizer files (weights only) and no model.tokenizer."""
+    source = Path(tokenizer_source(model))
+    return not source.is_dir() or any((source / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json"))
 
 
 def load_tokenizer(model: ModelSection, padding_side: str = "right", chat: bool = False) -> Any:
@@ -132,9 +142,41 @@ def same_vocabulary(tokenizer: Any, other: Any) -> bool:
     return tokenizer.get_vocab() == other.get_vocab()
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count real tokens only (left padding skipped), as `generate` numbers them."""
+    # A recomputed forward pass must use the positions generation used, else its log-probs differ.
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def is_quantized_config(quant: QuantizationSection | None) -> bool:
+    """Whether a recipe's quantization section asks for a 4-bit or 8-bit base (the one test for both)."""
+    return bool(quant and (quant.load_in_4bit or quant.load_in_8bit))
+
+
+def quantization_record(quant: QuantizationSection | None) -> dict[str, Any] | None:
+    """What an adapter trained on this base records beside itself (runio.QUANT_FILE); None for a float base."""
+    return quant.model_dump() if is_quantized_config(quant) else None
+
+
+def recorded_quantization(adapter_dir: str) -> QuantizationSection | None:
+    """The quantization an adapter's base was trained in (its record), to rebuild that same base; else None."""
+    record = read_quantization_record(adapter_dir)
+    return QuantizationSection(**record) if record is not None else None
+
+
+def base_quantization(path: str, quant: QuantizationSection | None = None) -> QuantizationSection | None:
+    """The quantization to load `path`'s base in: the one asked for, else an adapter's own record.
+
+    An adapter trained on a 4/8-bit base is that base + adapter: loaded on a float base it is another model.
+    """
+    if quant is None and adapter_base(path) is not None:
+        return recorded_quantization(path)
+    return quant
+
+
 def quantization_config(quant: QuantizationSection | None) -> Any:
     """bitsandbytes config for QLoRA (NF4 + double quantization by default), or None."""
-    if quant is None or not (quant.load_in_4bit or quant.load_in_8bit):
+    if not is_quantized_config(quant):
         return None
     from transformers import BitsAndBytesConfig
 
@@ -184,20 +226,34 @@ def _from_pretrained(cls: Any, path: str, model: ModelSection, key: str, **kwarg
 
 def load_causal_lm(model: ModelSection, quant: QuantizationSection | None = None,
                    tokenizer: Any = None, adapter_trainable: bool = False) -> Any:
-    """Load a causal LM: full weights, 4/8-bit (QLoRA), or base + PEFT adapter when the path is an adapter."""
+    """Load a causal LM: full weights, 4/8-bit (QLoRA), or base + PEFT adapter when the path is an adapter.
+
+    An adapter folder with a quantization record (runio.QUANT_FILE) gets the same 4/8-bit base it was
+    trained on unless `quant` says otherwise.
+    """
     from transformers import AutoModelForCausalLM
 
     base = adapter_base(model.name_or_path)
     kwargs: dict[str, Any] = {}
-    qcfg = quantization_config(quant)
+    qcfg = quantization_config(base_quantization(model.name_or_path, quant))
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
+    if tokenizer is None and has_tokenizer(model):
+        tokenizer = load_tokenizer(model)
     lm = _from_pretrained(AutoModelForCausalLM, base or model.name_or_path, model, "model.name_or_path", **kwargs)
-    grow_embeddings(lm, len(tokenizer))
+    if tokenizer is not None:  # a weights-only folder has no tokenizer that could have grown
+        grow_embeddings(lm, len(tokenizer))
     if base is not None:
         lm = attach_adapter(lm, model.name_or_path, is_trainable=adapter_trainable)
     return lm
+
+
+def load_for_generation(path: str, tokenizer: Any = None) -> tuple[Any, Any]:
+    """A causal LM in eval mode (on the GPU when there is one) and its tokenizer with left padding, to generate."""
+    section = ModelSection(name_or_path=path)
+    tokenizer = tokenizer or load_tokenizer(section, padding_side="left")
+    model = load_causal_lm(section, tokenizer=tokenizer)
+    return (model.to("cuda") if torch.cuda.is_available() else model).eval(), tokenizer
 
 
 def grow_embeddings(model: Any, size: int) -> bool:
@@ -228,107 +284,16 @@ def attach_adapter(model: Any, adapter_dir: str, is_trainable: bool = False) -> 
     return PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable)
 
 
-@contextlib.contextmanager
-def read_checkpoints_without_mmap(enabled: bool = True) -> Iterator[None]:
-    """Within the block, transformers reads safetensors tensors with pread instead of mapping the file.
-
-    A quantized load reads every full-precision weight once and keeps only its 4-bit copy, but the
-    pages of a memory-mapped file stay resident (and count in the process's RSS) for as long as the
-    file is mapped, i.e. the whole load: a 110M float32 checkpoint adds ~0.4 GB to the peak of a run
-    whose model then holds ~0.06 GB. pread reads one tensor at a time into memory that is freed once
-    it is quantized. transformers picks pread itself on Windows and MPS but has no switch for it
-    elsewhere, so this swaps the `safe_open` its loader calls; when that name or safetensors'
-    `backend` argument is missing (another version) the block changes nothing.
-    """
-    import transformers.modeling_utils as modeling_utils
-
-    original = getattr(modeling_utils, "safe_open", None)
-    if not enabled or original is None or not _takes_backend(original):
-        yield
-        return
-
-    def safe_open_pread(filename: Any, framework: str, device: Any = "cpu", backend: str = "mmap") -> Any:
-        backend = "pread" if backend == "mmap" and str(device) == "cpu" else backend
-        return original(filename, framework=framework, device=device, backend=backend)
-
-    modeling_utils.safe_open = safe_open_pread
-    try:
-        yield
-    finally:
-        modeling_utils.safe_open = original
-
-
-def _takes_backend(fn: Any) -> bool:
-    import inspect
-
-    try:
-        return "backend" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # a compiled function without a text signature
-        return False
-
-
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value
-
-
-def return_freed_memory_to_os() -> bool:
-    """On glibc, hand freed heap pages back now and keep later large blocks returnable; False elsewhere.
-
-    glibc serves blocks above its mmap threshold with their own mappings, which go back to the system
-    when freed, but it raises that threshold to the size of each large block freed (up to 32 MiB), so
-    after quantization has freed the first full-precision weight, later weights and every activation of
-    the same size come from the heap, whose free middle cannot be returned. On a 110M QLoRA run that
-    kept ~0.2 GB of freed memory in the peak RSS (bench/memory.py: 988 -> 775 MB). Fixing the threshold
-    (mallopt, which also stops its growth) costs a page fault per large allocation, so it is done for
-    quantized loads on CPU only: the runs whose point is memory. malloc_trim then releases what is free.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):  # musl and others
-        return False
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    malloc_trim(0)
-    return True
-
-
-def release_checkpoint_mapping(model: Any) -> int:
-    """Copy the CPU tensors that still view the memory-mapped checkpoint; returns how many were copied.
-
-    On CPU a quantized load keeps the unquantized tensors (norms, embeddings, head) as views of the
-    safetensors mmap, so every page of the full-precision file that quantization read stays resident
-    (~4 bytes per parameter, 0.4 GB for a 110M model). Copies of the few small tensors let it go.
-    """
-    import torch
-
-    copied = 0
-    for module in model.modules():
-        for tensors in (module._parameters, module._buffers):
-            for value in tensors.values():
-                if value is None or value.device.type != "cpu" or type(value).__name__ == "Params4bit":
-                    continue
-                if value.untyped_storage().nbytes() and not value.untyped_storage().resizable():
-                    with torch.no_grad():
-                        value.data = value.data.clone()
-                    copied += 1
-    return copied
-
-
 def load_reward_model(path: str, model: ModelSection | None = None, quant: QuantizationSection | None = None) -> Any:
     """Load a sequence-classification model with one score (a reward model or critic init)."""
     from transformers import AutoModelForSequenceClassification
 
     section = model or ModelSection(name_or_path=path)
     kwargs: dict[str, Any] = {"num_labels": 1}
-    qcfg = quantization_config(quant)
+    base = adapter_base(path)
+    qcfg = quantization_config(base_quantization(path, quant))
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
-    base = adapter_base(path)
     rm = _from_pretrained(AutoModelForSequenceClassification, base or path, section, "reward_model", **kwargs)
     if base is not None:
         rm = attach_adapter(rm, path)
@@ -466,7 +431,31 @@ def merge_dequantized(model: Any) -> Any:
     qcfg = base.config.quantization_config
     # 4-bit layers compute in bnb_4bit_compute_dtype: the dequantized weights keep the trained arithmetic.
     dtype = getattr(qcfg, "bnb_4bit_compute_dtype", None) if getattr(qcfg, "load_in_4bit", False) else None
-    base = base.dequantize(dtype=dtype or base.get_input_embeddings().weight.dtype)
+    base = dequantize(base, dtype or base.get_input_embeddings().weight.dtype)
     fresh = get_peft_model(base, peft_config, adapter_name=name)
     set_peft_model_state_dict(fresh, state, adapter_name=name)
     return fresh.merge_and_unload()
+
+
+def dequantize(model: Any, dtype: torch.dtype | None = None) -> Any:
+    """A 4/8-bit model in plain floats, each layer back in its own class (GPT-2's Conv1D, not nn.Linear).
+
+    transformers' dequantize() makes every bitsandbytes layer an nn.Linear, but a Conv1D stores its
+    weight transposed ([in, out]): saved that way, GPT-2's checkpoint no longer loads into GPT-2.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    conv1d = [name for name, module in model.named_modules()
+              if isinstance(getattr(module, "source_cls", None), type) and issubclass(module.source_cls, Conv1D)]
+    model = model.dequantize(dtype=dtype)
+    for name in conv1d:
+        linear = model.get_submodule(name)
+        with torch.device("meta"):
+            layer = Conv1D(linear.out_features, linear.in_features)
+        layer.weight = torch.nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
+        if linear.bias is not None:
+            layer.bias = torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+        else:
+            layer.bias = None
+        model.set_submodule(name, layer)
+    return model

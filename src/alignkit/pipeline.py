@@ -16,67 +16,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from alignkit.config import Recipe
 from alignkit.config.base import DATA_SUFFIXES
 from alignkit.config.pipeline import PipelineStep
-from alignkit.config.recipe import apply_overrides, load_yaml, validate_recipe
+from alignkit.config.recipe import Recipe, load_yaml
 from alignkit.errors import AlignkitError
 from alignkit.runio import RunDir, atomic_write_json
+from alignkit.stages.lifecycle import run_recipe
+from alignkit.stages.steps import resolve_refs, step_outputs, step_recipe
+
+__all__ = ["resolve_refs", "run", "step_outputs", "step_recipe"]
 
 log = logging.getLogger("alignkit.pipeline")
 MANIFEST = "manifest.json"
-REF = re.compile(r"\$\{steps\.([A-Za-z0-9_-]+)\.([a-z_]+)\}")
-OUTPUT_KINDS = ("output", "model", "merged", "adapter", "run_dir")
-
-
-# ---- references between steps -----------------------------------------------------------------------
-
-def step_outputs(run_dir: Path) -> dict[str, str]:
-    """What later steps may reference: the step's model (merged, else model/, else the run folder) and folders."""
-    merged, model = run_dir / "merged", run_dir / "model"
-    output = merged if merged.is_dir() else model if model.is_dir() else run_dir
-    return {"output": str(output), "model": str(model), "merged": str(merged),
-            "adapter": str(run_dir / "adapter"), "run_dir": str(run_dir)}
-
-
-def resolve_refs(obj: Any, outputs: dict[str, dict[str, str]], where: str) -> Any:
-    """Replace every ${steps.NAME.KIND} in a raw recipe with an earlier step's path."""
-    if isinstance(obj, dict):
-        return {k: resolve_refs(v, outputs, f"{where}.{k}") for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [resolve_refs(v, outputs, f"{where}.{i}") for i, v in enumerate(obj)]
-    if not isinstance(obj, str):
-        return obj
-
-    def sub(match: re.Match) -> str:
-        name, kind = match.groups()
-        if name not in outputs:
-            raise AlignkitError(f"${{steps.{name}.{kind}}} names no earlier step (earlier: "
-                                f"{', '.join(outputs) or 'none'})", where=where)
-        if kind not in OUTPUT_KINDS:
-            raise AlignkitError(f"unknown step output '{kind}' (one of {', '.join(OUTPUT_KINDS)})", where=where)
-        return outputs[name][kind]
-
-    return REF.sub(sub, obj)
-
-
-def step_recipe(step: PipelineStep, index: int, run_dir: Path, outputs: dict[str, dict[str, str]]) -> Recipe:
-    """Load a step's recipe, apply its overrides, point it at its run folder, resolve references, validate."""
-    where = f"pipeline.steps.{index}"
-    raw = load_yaml(step.recipe)
-    # The pipeline owns the step folders: a changed step overwrites its own earlier run.
-    raw = apply_overrides(raw, [*step.overrides, f"output_dir={run_dir}", "train.overwrite_output_dir=true"])
-    raw = resolve_refs(raw, outputs, f"{where} ({step.recipe})")
-    recipe = validate_recipe(raw, source=f"{step.recipe} (pipeline step {step.name})")
-    if recipe.stage == "pipeline":
-        raise AlignkitError("a pipeline step cannot itself be a pipeline", where=f"{where}.recipe")
-    return recipe
 
 
 # ---- content hashes -----------------------------------------------------------------------------------
@@ -156,8 +112,6 @@ def check_force(force: list[str], steps: list[PipelineStep], stages: dict[str, s
 
 def run_step(recipe: Recipe, step: PipelineStep, run_dir: Path) -> dict[str, Any]:
     """Run one step's recipe in a clean run folder (kept only when it asks to resume a checkpoint)."""
-    from alignkit.cli import run_recipe
-
     if run_dir.exists() and not recipe.train.resume_from_checkpoint:
         shutil.rmtree(run_dir)  # stale checkpoints or caches (eval completions) must not leak into the new run
     return run_recipe(recipe, step.recipe)

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from huggingface_hub import constants, get_token
 from transformers.integrations.integration_utils import (
     INTEGRATION_TO_CALLBACK,
     get_available_reporting_integrations,
@@ -34,25 +35,22 @@ from alignkit.config import Recipe
 from alignkit.config.base import DatasetSpec
 from alignkit.config.recipe import apply_overrides, load_yaml
 from alignkit.errors import AlignkitError
-from alignkit.pipeline import resolve_refs, step_outputs, step_recipe
+from alignkit.stages import REGISTRY
+from alignkit.stages.steps import resolve_refs, step_outputs, step_recipe
 
-TRAINING_STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
+TRAINING_STAGES = tuple(name for name, spec in REGISTRY.items() if spec.trains)
 SPLITS_FOR_EVAL = ("sft", "dpo")  # the stages that hold out data.eval_split_size of their rows
 TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".txt")
 FLASH_ATTENTION = {"flash_attention_2": is_flash_attn_2_available, "flash_attention_3": is_flash_attn_3_available,
                    "flash_attention_4": is_flash_attn_4_available}
 # Every recipe key that names a file or folder a run reads (`*` is a list index). train.resume_from_checkpoint
 # is not here: a checkpoint lives inside output_dir by design.
+# The shared sections' keys here; each stage's own in its registry entry (model_keys, input_keys).
+MODEL_KEYS = ("model.name_or_path", *(key for spec in REGISTRY.values() for key in spec.model_keys))
 INPUT_KEYS = (
-    "model.name_or_path", "model.tokenizer", "model.chat_template",
-    "data.datasets.*.path", "data.eval_datasets.*.path",
-    "ppo.reward_model", "ppo.value_model",
-    "eval.models.*.path", "eval.prompts", "eval.fewshot_template", "eval.reward_model", "eval.ppo_run",
-    "eval.judge.path", "eval.judge.template", "eval.judge.labels",
-    "pipeline.steps.*.recipe",
+    *MODEL_KEYS, "model.tokenizer", "model.chat_template", "data.datasets.*.path", "data.eval_datasets.*.path",
+    *(key for spec in REGISTRY.values() for key in spec.input_keys),
 )
-MODEL_KEYS = ("model.name_or_path", "ppo.reward_model", "ppo.value_model", "eval.models.*.path",
-              "eval.reward_model", "eval.judge.path")
 
 
 def preflight(recipe: Recipe, *, training: bool = False) -> None:
@@ -320,8 +318,6 @@ def check_safetensors(recipe: Recipe) -> None:
 
 def check_hub_access(where: str) -> None:
     """Pushing needs a token (HF_TOKEN or `hf auth login`) and the Hub not switched off (HF_HUB_OFFLINE)."""
-    from huggingface_hub import constants, get_token
-
     if constants.is_offline_mode():
         raise AlignkitError("cannot push in offline mode (HF_HUB_OFFLINE=1); unset it to upload", where=where)
     if get_token() is None:

@@ -17,8 +17,10 @@ from alignkit.config.base import ModelSection
 from alignkit.data.loading import load_specs, mix
 from alignkit.data.packing import pack_documents
 from alignkit.errors import AlignkitError
+from alignkit.models import load_causal_lm, load_tokenizer
 from alignkit.runio import RunDir
-from alignkit.trainer_utils import metrics_callback, save_final_model, training_arguments
+from alignkit.tokenizer import train_bpe_tokenizer
+from alignkit.trainer_utils import metrics_callback, save_final_model, train, training_arguments
 
 log = logging.getLogger("alignkit.pretrain")
 
@@ -34,9 +36,6 @@ def _texts(ds: Any, column: str, limit: int | None = None) -> Any:
 
 def build_tokenizer(recipe: Recipe, corpus: Any) -> Any:
     """Train a tokenizer for from-scratch runs, else load the model's."""
-    from alignkit.models import load_tokenizer
-    from alignkit.tokenizer import train_bpe_tokenizer
-
     section = recipe.pretrain
     if section.from_scratch:
         cfg = section.tokenizer_training
@@ -53,8 +52,6 @@ def build_model(recipe: Recipe, tokenizer: Any) -> Any:
     """A random-init Llama from `pretrain.architecture`, or the recipe's model to continue from."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from alignkit.models import load_causal_lm
 
     section = recipe.pretrain
     if not section.from_scratch:
@@ -127,7 +124,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
                       callbacks=[metrics_callback(run_dir)])
     start = time.time()
     resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = train(trainer, resume)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "train_seconds": round(time.time() - start, 1),
                                "parameters": n_params, "train_tokens": n_tokens, "global_step": result.global_step}
     if eval_ds is not None:

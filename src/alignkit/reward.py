@@ -25,9 +25,19 @@ from typing import Any
 import torch
 
 from alignkit.config import Recipe
+from alignkit.config.reward import RewardSection
 from alignkit.data.preferences import load_preference_datasets, to_pairs
 from alignkit.errors import AlignkitError
-from alignkit.models import apply_lora, load_tokenizer, merge_dequantized
+from alignkit.models import (
+    adapter_base,
+    apply_lora,
+    is_quantized_config,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    merge_dequantized,
+    quantization_record,
+)
 from alignkit.reward_model import (
     BIAS_KEY,
     NORMALIZATION_FILE,
@@ -37,8 +47,14 @@ from alignkit.reward_model import (
     ranking_loss,
     reward_input_ids,
 )
-from alignkit.runio import MetricsLogger, RunDir, atomic_dir, atomic_write_json
-from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, with_global_length_groups
+from alignkit.runio import MetricsLogger, RunDir, save_model
+from alignkit.trainer_utils import (
+    make_config,
+    metrics_callback,
+    peak_memory_mb,
+    train,
+    with_global_length_groups,
+)
 
 log = logging.getLogger("alignkit.reward")
 
@@ -192,8 +208,6 @@ def ranking_trainer_class(center_coef: float | None, lm_head: torch.nn.Linear | 
 
 def build_reward_model(recipe: Recipe, tokenizer: Any) -> Any:
     """A one-score sequence classifier initialised from the (SFT) model, LoRA-wrapped when asked."""
-    from alignkit.models import adapter_base, load_reward_model
-
     path = recipe.model.name_or_path
     if adapter_base(path) is not None:
         raise AlignkitError("initialise the reward model from a full (merged) SFT model; "
@@ -207,9 +221,7 @@ def build_reward_model(recipe: Recipe, tokenizer: Any) -> Any:
         # The score head is new: it must train in full beside the adapter (PEFT's modules_to_save).
         extra = [m for m in ["score"] if m not in (recipe.peft.modules_to_save or [])]
         peft = recipe.peft.model_copy(update={"modules_to_save": [*(recipe.peft.modules_to_save or []), *extra]})
-        quant = recipe.quantization
-        model = apply_lora(model, peft, task_type="SEQ_CLS",
-                           quantized=bool(quant and (quant.load_in_4bit or quant.load_in_8bit)),
+        model = apply_lora(model, peft, task_type="SEQ_CLS", quantized=is_quantized_config(recipe.quantization),
                            gradient_checkpointing=recipe.train.gradient_checkpointing)
     return model
 
@@ -270,7 +282,6 @@ def pairwise_metrics(scorer: RewardScorer, rankings: list[dict]) -> dict[str, fl
 def reference_responses(recipe: Recipe, tokenizer: Any, sample: list[dict]) -> tuple[list[str], list[bool]]:
     """The reference (SFT) model's own sampled responses to `sample`'s prompts, batched with left padding."""
     from alignkit.eval.generate import Sampling, generate
-    from alignkit.models import load_causal_lm
 
     section = recipe.reward
     policy = load_causal_lm(recipe.model)
@@ -297,20 +308,21 @@ def normalization(recipe: Recipe, scorer: RewardScorer, tokenizer: Any,
     return _stats(raw)
 
 
-def save_reward_model(model: Any, tokenizer: Any, run_dir: RunDir, bias: float, scale: float) -> Any:
-    """adapter/ (LoRA runs) then model/: a full model that loads with AutoModelForSequenceClassification."""
+def save_reward_model(model: Any, tokenizer: Any, run_dir: RunDir, bias: float, scale: float,
+                      quantization: dict[str, Any] | None = None) -> Any:
+    """adapter/ (LoRA runs) then model/: a full model that loads with AutoModelForSequenceClassification.
+
+    `quantization`: the 4/8-bit base's record, saved with the adapter so that loading or merging it
+    rebuilds the base it was trained on.
+    """
     if hasattr(model, "merge_and_unload"):
-        with atomic_dir(run_dir.path / "adapter") as tmp:
-            model.save_pretrained(str(tmp), safe_serialization=True)
-            tokenizer.save_pretrained(str(tmp))
-            atomic_write_json(tmp / NORMALIZATION_FILE, {BIAS_KEY: bias, SCALE_KEY: scale})
+        save_model(model, tokenizer, run_dir.adapter_dir, quantization=quantization,
+                   extra_json={NORMALIZATION_FILE: {BIAS_KEY: bias, SCALE_KEY: scale}})
         model = merge_dequantized(model)  # a QLoRA base is dequantized first: model/ is the model evaluated
     setattr(model.config, BIAS_KEY, bias)
     setattr(model.config, SCALE_KEY, scale)
     model.config.pad_token_id = tokenizer.pad_token_id
-    with atomic_dir(run_dir.model_dir) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+    save_model(model, tokenizer, run_dir.model_dir)
     return model
 
 
@@ -326,8 +338,6 @@ def evaluate(recipe: Recipe, scorer: RewardScorer, train_rows: list[dict], heldo
 
 def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     """Train the reward model, normalise it, measure accuracy, save run_dir/model (and adapter/)."""
-    from alignkit.config.reward import RewardSection
-
     if recipe.reward is None:
         recipe = recipe.model_copy(update={"reward": RewardSection()})
     section = recipe.reward
@@ -339,7 +349,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
                             else train_rows, run_dir)
     resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = train(trainer, resume)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
                                "train_seconds": round(time.time() - start, 1), "peak_memory_mb": peak_memory_mb()}
     if not trainer.is_world_process_zero():
@@ -353,7 +363,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
         metrics.update(reference_raw_mean=mean, reference_raw_std=std, reward_bias=bias, reward_scale=scale)
     scorer.bias, scorer.scale = bias, scale
     metrics.update(evaluate(recipe, scorer, train_rows, heldout))
-    save_reward_model(model, tokenizer, run_dir, bias, scale)
+    save_reward_model(model, tokenizer, run_dir, bias, scale, quantization_record(recipe.quantization))
     MetricsLogger(run_dir.path / "metrics.jsonl").log(
         {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, result.global_step)
     log.info("reward model: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from alignkit.models import position_ids_from_mask
+
 NORMALIZATION_FILE = "alignkit_reward.json"
 BIAS_KEY, SCALE_KEY = "alignkit_reward_bias", "alignkit_reward_scale"
 
@@ -105,7 +107,7 @@ def sequence_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     # makes that the last attended token even when PPO leaves non-PAD ids after EOS.
     input_ids = input_ids.masked_fill(attention_mask == 0, pad_id)
     # Positions count real tokens only, so a left-padded row scores as it would unpadded.
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    position_ids = position_ids_from_mask(attention_mask)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     return out.logits.squeeze(-1).float()
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from pathlib import Path
 from typing import Any
 
 from alignkit.config import Recipe
@@ -22,10 +20,18 @@ from alignkit.data.formats import normalize_sft_rows
 from alignkit.data.loading import load_spec
 from alignkit.data.templates import needs_prefix_masks, require_chat_template, tokenize_with_assistant_masks
 from alignkit.errors import AlignkitError
-from alignkit.merge import QUANT_FILE
-from alignkit.models import DTYPES, apply_lora, load_causal_lm, load_tokenizer, match_adapter_dtype
-from alignkit.runio import RunDir, atomic_write_json
-from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, save_final_model
+from alignkit.merge import merge_adapter
+from alignkit.models import (
+    DTYPES,
+    apply_lora,
+    is_quantized_config,
+    load_causal_lm,
+    load_tokenizer,
+    match_adapter_dtype,
+    quantization_record,
+)
+from alignkit.runio import RunDir
+from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, save_final_model, train
 
 log = logging.getLogger("alignkit.sft")
 
@@ -63,8 +69,7 @@ def split_eval(recipe: Recipe, train: Any) -> tuple[Any, Any]:
 
 def is_quantized(recipe: Recipe) -> bool:
     """True when the recipe loads a 4/8-bit base (QLoRA)."""
-    q = recipe.quantization
-    return bool(q and (q.load_in_4bit or q.load_in_8bit))
+    return is_quantized_config(recipe.quantization)
 
 
 def build_model(recipe: Recipe, tokenizer: Any) -> Any:
@@ -191,6 +196,17 @@ def sft_config(recipe: Recipe, run_dir: RunDir, tokenizer: Any, conversational: 
     )
 
 
+def check_rows_left(prepared: Any, given: int, max_length: int, where: str) -> None:
+    """Count the rows TRL dropped for having no trained token within max_length; refuse when none is left."""
+    dropped = given - len(prepared)
+    if dropped and dropped == given:
+        raise AlignkitError(f"no row of {where} has a trained token within {max_length} tokens (the prompt "
+                            "alone fills them); raise model.max_length", where="model.max_length")
+    if dropped:
+        log.warning("dropped %d of %d rows of %s with no trained token within model.max_length=%d tokens",
+                    dropped, given, where, max_length)
+
+
 def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
     """An SFTTrainer with tokenized data, the model (full, LoRA or QLoRA) and alignkit's callback."""
     tokenizer = load_tokenizer(recipe.model)
@@ -206,6 +222,10 @@ def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
     config = sft_config(recipe, run_dir, tokenizer, conversational, eval_ds is not None)
     trainer = sft_trainer_class()(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                                   processing_class=tokenizer, callbacks=[metrics_callback(run_dir)])
+    if not recipe.data.packing:  # TRL truncates each row to max_length and drops rows left with no label
+        check_rows_left(trainer.train_dataset, len(train_ds), recipe.model.max_length, "data.datasets")
+        if eval_ds is not None:
+            check_rows_left(trainer.eval_dataset, len(eval_ds), recipe.model.max_length, "the eval rows")
     if is_quantized(recipe):
         match_adapter_dtype(trainer.model, DTYPES[recipe.quantization.bnb_4bit_compute_dtype])
     if recipe.data.packing and packed_layout(recipe, model) == "rows":
@@ -214,51 +234,15 @@ def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
     return trainer
 
 
-def checkpoint_step(checkpoint: str) -> int:
-    """The global step a checkpoint was saved at (from its trainer_state.json)."""
-    state = Path(checkpoint) / "trainer_state.json"
-    if not state.is_file():
-        raise AlignkitError("not a complete checkpoint (no trainer_state.json)",
-                            where=f"train.resume_from_checkpoint: {checkpoint}")
-    return int(json.loads(state.read_text())["global_step"])
-
-
-def planned_steps(trainer: Any) -> int:
-    """The optimizer steps the schedule runs to: max_steps, or epochs x update steps per epoch."""
-    args = trainer.args
-    if args.max_steps > 0:
-        return args.max_steps
-    per_epoch = max(1, math.ceil(len(trainer.get_train_dataloader()) / args.gradient_accumulation_steps))
-    return math.ceil(args.num_train_epochs * per_epoch)
-
-
-def train(trainer: Any, resume: str | None) -> Any:
-    """Train, resuming model, optimizer, scheduler and data order from `resume`; refuse a no-op resume."""
-    if resume:
-        start, total = checkpoint_step(resume), planned_steps(trainer)
-        if start >= total:
-            # transformers would return at once (or run one stray step): say so, never skip silently.
-            raise AlignkitError(
-                f"checkpoint is at step {start} and the schedule ends at step {total}; nothing would be "
-                "trained (raise train.max_steps or train.num_train_epochs)",
-                where=f"train.resume_from_checkpoint: {resume}",
-            )
-        log.info("resuming from %s at step %d of %d", resume, start, total)
-    return trainer.train(resume_from_checkpoint=resume)
-
-
 def save_outputs(trainer: Any, recipe: Recipe, run_dir: RunDir) -> str | None:
     """run_dir/model (adapter or full model), the QLoRA quantization record, and optionally run_dir/merged."""
-    save_final_model(trainer.model, trainer.processing_class, run_dir)
+    # Merging must dequantize the same 4-bit base the adapter was trained on: model/ records how it was built.
+    quantization = quantization_record(recipe.quantization) if recipe.peft is not None else None
+    save_final_model(trainer.model, trainer.processing_class, run_dir, quantization=quantization)
     if not trainer.is_world_process_zero() or recipe.peft is None:
         return None
-    if is_quantized(recipe):
-        # Merging must dequantize the same 4-bit base the adapter was trained on; record how it was built.
-        atomic_write_json(run_dir.model_dir / QUANT_FILE, recipe.quantization.model_dump())
     if recipe.sft and recipe.sft.merge_adapter:
-        from alignkit.merge import merge_adapter
-
-        return str(merge_adapter(str(run_dir.model_dir), str(run_dir.path / "merged")))
+        return str(merge_adapter(str(run_dir.model_dir), str(run_dir.merged_dir)))
     return None
 
 

@@ -42,6 +42,8 @@ def format_summary(run_dir: str | Path) -> str:
     finished = f" ({summary['finished_at']})" if summary.get("finished_at") else ""
     lines = [f"run:      {rd.path}", f"stage:    {summary.get('stage', '?')}",
              f"status:   {summary.get('status', '?')}{finished}"]
+    if summary.get("model_kind"):  # what model/ holds: full weights or a LoRA adapter
+        lines.append(f"model:    {rd.model_dir} ({summary['model_kind']})")
     if manifest_path.is_file():
         lines += ["steps:", *step_lines(json.loads(manifest_path.read_text()))]
     metrics = summary.get("metrics") or {}

@@ -1,14 +1,32 @@
-"""What every Trainer-based stage shares: arguments from the recipe, the metrics callback, the final save."""
+"""What every Trainer-based stage shares: arguments from the recipe, the metrics callback, training with
+atomic checkpoints and resume, the final save."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import shutil
+from pathlib import Path
 from typing import Any
+
+from transformers import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from alignkit.config import Recipe
 from alignkit.config.base import resolve_precision
 from alignkit.errors import AlignkitError
-from alignkit.runio import MetricsLogger, RunDir, atomic_dir
+from alignkit.runio import (
+    CHECKPOINT_STATE,
+    MetricsLogger,
+    RunDir,
+    disk_full_error,
+    is_disk_full,
+    replace_dir,
+    save_model,
+)
+
+log = logging.getLogger(__name__)
 
 
 def training_kwargs(recipe: Recipe, run_dir: RunDir, has_eval: bool = False) -> dict[str, Any]:
@@ -114,8 +132,117 @@ def with_global_length_groups(trainer_cls: type) -> type:
     return GlobalLengthGroups
 
 
-def save_final_model(model: Any, tokenizer: Any, run_dir: RunDir) -> None:
-    """Save model (or adapter) + tokenizer + chat template to run_dir/model in one atomic rename."""
+class AtomicCheckpoints:
+    """Trainer mixin: each checkpoint-<step>/ appears complete, in one rename, or not at all.
+
+    transformers writes a checkpoint file by file into its final folder, so a run killed (or out of disk)
+    mid-save leaves a folder that looks resumable and is not. Here every rank writes into a hidden
+    staging folder of the same name; the main process publishes it once all ranks are done.
+    """
+
+    _staging: str | None = None
+
+    def _get_output_dir(self, trial: Any) -> str:
+        # transformers asks this for the folder it creates checkpoint-<step> in.
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        root = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = root / f".tmp-{name}", root / name
+        main = self.args.should_save
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a crashed earlier attempt at this step
+        self.accelerator.wait_for_everyone()
+        self._staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)  # its own rotation sees only the staged checkpoint
+        except BaseException as exc:
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)  # frees the space a full disk needs back
+            if is_disk_full(exc):
+                raise disk_full_error(final) from exc
+            raise
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every rank's files (its RNG state) are in before publishing
+        if main:
+            self._publish(staging / name, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(str(root), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _publish(self, staged: Path, final: Path) -> None:
+        if self.state.best_model_checkpoint == str(staged):  # this step is the best so far: record where it lives
+            self.state.best_model_checkpoint = str(final)
+            self.state.save_to_json(str(staged / CHECKPOINT_STATE))
+        replace_dir(staged, final)
+
+
+def atomic_checkpoints(trainer_cls: type) -> type:
+    """`trainer_cls` with AtomicCheckpoints mixed in (the class itself if it already has it)."""
+    if issubclass(trainer_cls, AtomicCheckpoints):
+        return trainer_cls
+    return type(trainer_cls.__name__, (AtomicCheckpoints, trainer_cls), {})
+
+
+def checkpoint_step(checkpoint: str) -> int:
+    """The global step a checkpoint was saved at (from its trainer_state.json)."""
+    state = Path(checkpoint) / CHECKPOINT_STATE
+    if not state.is_file():
+        raise AlignkitError(f"not a complete checkpoint (no {CHECKPOINT_STATE})",
+                            where=f"train.resume_from_checkpoint: {checkpoint}")
+    return int(json.loads(state.read_text())["global_step"])
+
+
+def planned_steps(trainer: Any) -> int:
+    """The optimizer steps the schedule runs to: max_steps, or epochs x update steps per epoch."""
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    per_epoch = max(1, math.ceil(len(trainer.get_train_dataloader()) / args.gradient_accumulation_steps))
+    return math.ceil(args.num_train_epochs * per_epoch)
+
+
+def train(trainer: Any, resume: str | None) -> Any:
+    """Train with atomic checkpoints, resuming model, optimizer, scheduler and data order from `resume`.
+
+    A checkpoint at the schedule's end is loaded instead of trained from: the run crashed after its last
+    checkpoint (in the final save, merge or eval), and transformers would train a stray step past
+    max_steps (mid-epoch) or nothing at all; the stage then finishes as the uninterrupted run would.
+    """
+    trainer.__class__ = atomic_checkpoints(type(trainer))  # every Trainer-based stage trains through here
+    if not resume:
+        return trainer.train()
+    start, total = checkpoint_step(resume), planned_steps(trainer)
+    if start > total:
+        raise AlignkitError(
+            f"checkpoint is at step {start}, past the end of the schedule (step {total}); "
+            "raise train.max_steps or train.num_train_epochs to continue it",
+            where=f"train.resume_from_checkpoint: {resume}",
+        )
+    if start == total:
+        log.info("resuming from %s: training had finished (step %d of %d); completing the run", resume, start, total)
+        return finish_from_checkpoint(trainer, resume)
+    log.info("resuming from %s at step %d of %d", resume, start, total)
+    return trainer.train(resume_from_checkpoint=resume)
+
+
+def finish_from_checkpoint(trainer: Any, checkpoint: str) -> Any:
+    """Load a final checkpoint's weights and state into `trainer` without training; its TrainOutput."""
+    trainer._load_from_checkpoint(checkpoint)  # transformers' loader: full models, adapters, sharded files
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / CHECKPOINT_STATE))
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    # The uninterrupted run reports its mean training loss; the logged windows' mean stands in for it.
+    loss = sum(losses) / len(losses) if losses else float("nan")
+    return TrainOutput(trainer.state.global_step, loss, {"train_loss": loss})
+
+
+def save_final_model(model: Any, tokenizer: Any, run_dir: RunDir, quantization: dict[str, Any] | None = None) -> None:
+    """Save model (or adapter) + tokenizer + chat template to run_dir/model in one atomic rename.
+
+    `quantization`: the record of the 4/8-bit base an adapter was trained on (models.quantization_record).
+    """
     from accelerate import PartialState
 
     from alignkit.models import set_generation_eos
@@ -123,9 +250,7 @@ def save_final_model(model: Any, tokenizer: Any, run_dir: RunDir) -> None:
     if not PartialState().is_main_process:
         return
     set_generation_eos(model, tokenizer)
-    with atomic_dir(run_dir.model_dir) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+    save_model(model, tokenizer, run_dir.model_dir, quantization=quantization)
 
 
 def peak_memory_mb() -> float:

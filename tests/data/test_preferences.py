@@ -123,9 +123,6 @@ def test_multi_turn_hh_becomes_user_assistant_messages_split_before_the_last_rep
 
 
 def test_hh_split_token_by_token(tiny_tokenizer):
-    from trl.data_utils import apply_chat_template
-
-    from alignkit.dpo import dpo_rows
     from alignkit.reward import encode_rankings
 
     ranking = load_rankings([{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}], "hh.jsonl")
@@ -134,18 +131,15 @@ def test_hh_split_token_by_token(tiny_tokenizer):
     want_prompt = ("<|user|> In which region is Bresbis?\n<|assistant|> Eastvale." + eos +
                    "\n<|user|> And its river?\n<|assistant|>")
     ids = lambda text: tiny_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    # What the reward stage trains on (and DPO and PPO see): templated prompt, then response + EOS.
     enc = encode_rankings(ranking, tiny_tokenizer, max_length=512)[0]
     start = enc["response_start"]
+    assert start == len(ids(want_prompt))
     for seq, reply in zip(enc["input_ids"], ["The Ilsa, which runs\n\nthrough it.", "The Ilsa, I think."],
                           strict=True):
         assert seq[:start] == ids(want_prompt)
         # the completion is only the final reply (+ EOS), after the space the template puts before it
         assert seq[start:] == ids(" " + reply + eos)
-    # DPO sees the same split: TRL renders prompt and completions separately.
-    rendered = apply_chat_template(dpo_rows(ranking)[0], tiny_tokenizer)
-    assert rendered["prompt"] == want_prompt
-    assert ids(rendered["chosen"]) == ids(" The Ilsa, which runs\n\nthrough it." + eos + "\n")
-    assert ids(rendered["rejected"]) == ids(" The Ilsa, I think." + eos + "\n")
 
 
 def test_ultrafeedback_rows_do_not_duplicate_the_user_turn(tiny_tokenizer):
@@ -168,6 +162,10 @@ def test_sharegpt_preference_rows():
     assert to_ranking(row, "sg.jsonl:1", fmt="preference") == {
         "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a river."}],
         "responses": ["The Ilsa.", "A hill."], "margin": 0.0}
+    # ShareGPT role names inside role/content messages are mapped too.
+    row = {"conversations": [{"role": "human", "content": "Name a river."}],
+           "chosen": {"role": "gpt", "content": "The Ilsa."}, "rejected": "A hill."}
+    assert to_ranking(row, "sg.jsonl:2")["prompt"] == [{"role": "user", "content": "Name a river."}]
 
 
 @pytest.mark.parametrize("row, message", [
@@ -213,3 +211,21 @@ def test_reward_and_dpo_train_on_raw_hh_and_ultrafeedback_files(stage, tmp_path,
     ])
     assert metrics["global_step"] == 2 and math.isfinite(metrics["train_loss"])
     assert (tmp_path / "run" / "model").is_dir()
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"chosen": HH_CHOSEN, "rejected": HH_REJECTED.replace("Eastvale.", "Westvale.")},
+     "differs only in its final assistant reply"),
+    ({"prompt": "Name a river.", "completion": "The Ilsa.", "label": False}, "KTO-style unpaired rows"),
+])
+def test_bad_public_rows_stop_the_cli_with_one_line(row, message, tmp_path, capsys):
+    from alignkit.cli import main
+
+    # One shape per file (`datasets` gives every row of a file the union of its columns): KTO rows alone.
+    rows = [row] if "label" in row else [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}, row]
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    rc = main(["train", "recipes/dpo.yaml", f"output_dir={tmp_path / 'run'}", f"data.datasets=[{{path: {data}}}]",
+               "data.eval_datasets=[]"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert err.startswith(f"alignkit: error: {data}:{len(rows)}: ") and message in err

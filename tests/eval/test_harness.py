@@ -13,7 +13,7 @@ from alignkit.cli import train
 from alignkit.config.recipe import validate_recipe
 from alignkit.errors import AlignkitError
 from alignkit.eval.harness import load_prompts, resolve_pairs
-from alignkit.ppo.checkpoint import KL_KEY
+from alignkit.rl.checkpoint import KL_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "data" / "models" / "tiny-base")
@@ -261,7 +261,7 @@ def test_a_model_replaced_at_the_same_path_is_generated_again(tmp_path, monkeypa
     import shutil
 
     shutil.copytree(path, tmp_path / "copy")
-    monkeypatch.setattr(harness, "load_model", lambda *a, **k: pytest.fail("the completions cache should answer"))
+    monkeypatch.setattr(harness, "load_for_generation", lambda *a, **k: pytest.fail("the completions cache should answer"))
     moved = section.models[0].model_copy(update={"path": str(tmp_path / "copy")})
     third = harness.generate_for_model(moved, rows, section, run_dir, None, need_logprobs=False)
     assert [r["token_ids"] for r in third.main] == [r["token_ids"] for r in second.main]
@@ -316,3 +316,43 @@ def test_kl_against_a_reference_with_another_tokenizer_is_refused_before_generat
         train(write(tmp_path / "eval.yaml", recipe), [])
     assert err.value.where == "eval.models[1].ref"
     assert not (out / "completions").exists()
+
+
+# ---- a QLoRA adapter is evaluated on the NF4 base it was trained on ----------------------------------
+
+def test_a_qlora_sft_adapter_is_evaluated_as_the_trained_4bit_model(tmp_path, tiny_model_dir):
+    """The eval loader rebuilds the adapter's recorded NF4 base: same logits and greedy text as trained."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.config.base import ModelSection, QuantizationSection
+    from alignkit.eval.generate import Sampling, generate
+    from alignkit.models import load_causal_lm, load_for_generation
+    from alignkit.runio import QUANT_FILE
+
+    data = tmp_path / "sft.jsonl"
+    with open(ROOT / "data" / "world" / "sft.jsonl") as src:
+        data.write_text("".join(src.readline() for _ in range(8)))
+    train(str(ROOT / "recipes" / "sft_qlora.yaml"), [
+        f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}", f"data.datasets.0.path={data}",
+        "model.max_length=128", "data.eval_split_size=0", "sft.merge_adapter=false", "train.max_steps=2",
+        "train.per_device_train_batch_size=4", "train.gradient_checkpointing=false", "train.learning_rate=5e-2",
+        "train.warmup_ratio=0", "peft.r=4", "peft.modules_to_save=[]", "train.report_to=[]"])
+    adapter = tmp_path / "run" / "model"
+    record = QuantizationSection(**json.loads((adapter / QUANT_FILE).read_text()))
+    # The trained model, built with its quantization asked for explicitly (not read from the record).
+    nf4 = load_causal_lm(ModelSection(name_or_path=str(tiny_model_dir)), record)
+    evaluated, tokenizer = load_for_generation(str(adapter))
+    device = next(evaluated.parameters()).device  # the GPU where there is one: compare on the same kernels
+    trained = PeftModel.from_pretrained(nf4, str(adapter)).to(device).eval()
+    float_base = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(adapter))
+    ids = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17]], device=device)
+    with torch.no_grad():
+        want, got, other = (m(input_ids=ids).logits for m in (trained, evaluated, float_base.to(device).eval()))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (other - want).abs().max().item() > 1e-2  # what the eval scored before: another model
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                             add_generation_prompt=True) for q in ("Who founded Liltum?", "hi")]
+    greedy = Sampling(max_new_tokens=8, temperature=0.0)
+    assert ([o["token_ids"] for o in generate(evaluated, tokenizer, prompts, greedy, progress=False)]
+            == [o["token_ids"] for o in generate(trained, tokenizer, prompts, greedy, progress=False)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from alignkit.config.eval import JudgeSection
 from alignkit.errors import AlignkitError
 from alignkit.eval.generate import JsonlCache
 from alignkit.eval.judges import (
@@ -21,10 +23,12 @@ from alignkit.eval.judges import (
     OracleJudge,
     Response,
     RewardModelJudge,
+    build_judge,
     judge_both_orders,
     load_template,
     parse_verdict,
 )
+from alignkit.world import oracle
 from tests.conftest import JSONHandler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,13 +84,28 @@ def test_position_biased_judge_becomes_ties_and_verdicts_are_cached(tmp_path):
 
 
 def test_oracle_judge_prefers_the_correct_answer_in_both_orders():
-    out = judge_both_orders(OracleJudge(), pairs())
+    judge = OracleJudge(oracle)
+    out = judge_both_orders(judge, pairs())
     assert [j["winner"] for j in out] == ["a"] * 3
-    assert OracleJudge().score(row(0), GOOD) > OracleJudge().score(row(0), BAD)
+    assert judge.score(row(0), GOOD) > judge.score(row(0), BAD)
     # A response cut off before EOS loses the rubric's "ends" points.
-    assert OracleJudge().compare(row(0), {"text": GOOD, "ended": True}, {"text": GOOD, "ended": False}) == "a"
+    assert judge.compare(row(0), {"text": GOOD, "ended": True}, {"text": GOOD, "ended": False}) == "a"
     with pytest.raises(AlignkitError, match="meta"):
-        OracleJudge().compare({"id": "q", "prompt": "hi"}, "a", "b")
+        judge.compare({"id": "q", "prompt": "hi"}, "a", "b")
+
+
+def test_the_eval_package_imports_no_world_module_and_the_oracle_needs_a_rubric():
+    """alignkit.world's tools import the harness, so the harness gets the world's rubric handed in instead."""
+    imported = set()
+    for path in (ROOT / "src" / "alignkit" / "eval").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module))
+            elif isinstance(node, ast.Import):
+                imported.update((path.name, alias.name) for alias in node.names)
+    assert not [(f, m) for f, m in imported if m.startswith("alignkit.world")]
+    with pytest.raises(AlignkitError, match="rubric"):
+        build_judge(JudgeSection(type="oracle"))
 
 
 class LengthScorer:
@@ -106,10 +125,10 @@ def test_reward_model_judge_prefers_higher_scores_with_a_tie_margin():
 
 
 def test_local_lm_judge_reads_the_next_token_and_batches_consistently():
-    from alignkit.eval.harness import load_model
+    from alignkit.models import load_for_generation
 
     torch.set_num_threads(1)
-    model, tokenizer = load_model(str(ROOT / "data" / "models" / "tiny-base"))
+    model, tokenizer = load_for_generation(str(ROOT / "data" / "models" / "tiny-base"))
     judge = LocalLMJudge(model, tokenizer, TEMPLATE, batch_size=4)
     items = [(row(k), Response(GOOD), Response(BAD)) for k in range(3)] + [(row(0), Response(BAD), Response(GOOD))]
     batched = judge.compare_batch(items)
@@ -267,9 +286,6 @@ class Counting:
 
 
 def test_reward_model_judge_replaced_at_the_same_path_is_asked_again(tmp_path):
-    from alignkit.config.eval import JudgeSection
-    from alignkit.eval.judges import build_judge
-
     path = save_reward_model(tmp_path / "rm", seed=1)
     section = JudgeSection(type="reward_model", path=path)
     cache = tmp_path / "verdicts.jsonl"

@@ -71,6 +71,15 @@ def target_reward(tokenizer: Any, targets: tuple[str, ...] = TARGETS) -> Any:
     return reward_fn
 
 
+@torch.no_grad()
+def target_mass(policy: Any, tokenizer: Any) -> float:
+    """Mean next-token probability of the target tokens after every prompt: a noise-free learning signal."""
+    ids = tokenizer.convert_tokens_to_ids(list(TARGETS))
+    probs = [policy(input_ids=torch.tensor([p["input_ids"]])).logits[0, -1].softmax(-1)[ids].sum().item()
+             for p in make_prompts(tokenizer)]
+    return sum(probs) / len(probs)
+
+
 class ListLogger:
     """A metrics logger that keeps rows in memory."""
 
@@ -104,6 +113,7 @@ class Tiny:
     make_critic = staticmethod(make_critic)
     make_prompts = staticmethod(make_prompts)
     target_reward = staticmethod(target_reward)
+    target_mass = staticmethod(target_mass)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from alignkit.ppo import core
+from alignkit.rl import core
 
 EOS, PAD = 1, 0
 
@@ -81,8 +81,10 @@ def test_score_lands_on_last_valid_token():
 def test_missing_eos_penalty_is_subtracted_from_the_score():
     mask = torch.ones(2, 2, dtype=torch.long)
     zeros = torch.zeros(2, 2)
-    rewards, _, _ = core.compute_rewards(torch.tensor([1.0, 1.0]), zeros, zeros, mask, 0.1,
-                                         missing_eos_penalty=1.5, has_eos=torch.tensor([True, False]))
+    penalised = core.penalize_missing_eos(torch.tensor([1.0, 1.0]), torch.tensor([True, False]), 1.5)
+    assert penalised.tolist() == pytest.approx([1.0, -0.5])
+    assert core.penalize_missing_eos(penalised, torch.tensor([False, False]), None).tolist() == penalised.tolist()
+    rewards, _, _ = core.compute_rewards(penalised, zeros, zeros, mask, 0.1)
     assert rewards[:, -1].tolist() == pytest.approx([1.0, -0.5])
 
 

@@ -16,7 +16,7 @@ SCRIPT = '''
 import copy, importlib.util, sys, torch
 spec = importlib.util.spec_from_file_location("ppo_conftest", sys.argv[1])
 c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c)
-from alignkit.ppo.trainer import PPOConfig, PPOTrainer
+from alignkit.rl.trainer import RLConfig as PPOConfig, RLTrainer as PPOTrainer
 torch.set_num_threads(1)
 tok = c.make_tokenizer()
 cfg = PPOConfig(learning_rate=3e-3, critic_learning_rate=3e-3, num_rollouts=2, rollout_batch_size=16,
@@ -52,7 +52,7 @@ spec = importlib.util.spec_from_file_location("ppo_conftest", sys.argv[1])
 c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c)
 from accelerate import Accelerator, PartialState
 PartialState(cpu=True)
-from alignkit.ppo.trainer import PPOConfig, PPOTrainer
+from alignkit.rl.trainer import RLConfig as PPOConfig, RLTrainer as PPOTrainer
 torch.set_num_threads(1)
 n = PartialState().num_processes
 tok = c.make_tokenizer()
@@ -80,13 +80,8 @@ def _run(cmd: list[str], tmp_path: Path) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-@pytest.mark.slow
-def test_two_process_ppo_matches_one_process(tmp_path: Path):
-    script = tmp_path / "parity.py"
-    script.write_text(PARITY)
-    conftest = str(Path(__file__).with_name("conftest.py"))
-    one = _run(launch_command(script, conftest), tmp_path)
-    two = _run(launch_command(script, conftest, processes=2), tmp_path)
+def assert_same_run(one: dict, two: dict) -> None:
+    """A 1-process and a 2-process result ({n, weights, history}) logged the same 3 rollouts and trained the same."""
     assert (one["n"], two["n"]) == (1, 2)
     assert len(one["history"]) == len(two["history"]) == 3
     for step, (a, b) in enumerate(zip(one["history"], two["history"], strict=True)):
@@ -94,3 +89,13 @@ def test_two_process_ppo_matches_one_process(tmp_path: Path):
             assert b[key] == pytest.approx(value, rel=1e-4, abs=1e-6), f"rollout {step + 1} {key}"
     assert one["history"][-1]["objective/kl"] != 0.0  # the policy moved
     assert two["weights"] == pytest.approx(one["weights"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_ppo_matches_one_process(tmp_path: Path):
+    script = tmp_path / "parity.py"
+    script.write_text(PARITY)
+    conftest = str(Path(__file__).with_name("conftest.py"))
+    one = _run(launch_command(script, conftest), tmp_path)
+    two = _run(launch_command(script, conftest, processes=2), tmp_path)
+    assert_same_run(one, two)

@@ -1,12 +1,12 @@
-"""The stage's glue: a RewardScorer as PPOTrainer's reward callable."""
+"""The stage's glue: rewards, prompts, the saved policy and the trainer config from a recipe."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from alignkit.ppo.stage import scorer_reward_fn
 from alignkit.reward_model import RewardScorer
+from alignkit.rl.rewards import scorer_reward_fn
 
 
 def test_scorer_reward_fn_scores_prompt_plus_response_at_its_last_token(tiny, ppo_tokenizer):
@@ -22,7 +22,7 @@ def test_scorer_reward_fn_scores_prompt_plus_response_at_its_last_token(tiny, pp
 
 
 def test_oracle_reward_fn_scores_each_response_against_its_prompts_meta(ppo_tokenizer):
-    from alignkit.ppo.stage import oracle_reward_fn
+    from alignkit.rl.rewards import oracle_reward_fn
     from alignkit.world import oracle
 
     tok = ppo_tokenizer
@@ -42,7 +42,7 @@ def test_oracle_reward_fn_scores_each_response_against_its_prompts_meta(ppo_toke
 def test_oracle_reward_needs_prompt_rows_with_meta(tmp_path, ppo_tokenizer):
     from alignkit.config.recipe import validate_recipe
     from alignkit.errors import AlignkitError
-    from alignkit.ppo.stage import load_prompts
+    from alignkit.rl.prompts import load_prompts
 
     data = tmp_path / "prompts.jsonl"
     data.write_text('{"prompt": "Where is Bresbis?"}\n')
@@ -50,7 +50,7 @@ def test_oracle_reward_needs_prompt_rows_with_meta(tmp_path, ppo_tokenizer):
                               "data": {"datasets": [{"path": str(data)}]},
                               "ppo": {"reward_model": "x", "reward": "oracle"}})
     with pytest.raises(AlignkitError, match="needs a 'meta' column") as err:
-        load_prompts(recipe, ppo_tokenizer, with_meta=True)
+        load_prompts(recipe.data.datasets, ppo_tokenizer, 200, "limit", with_meta=True)
     assert "data.datasets.0" in str(err.value)
 
 
@@ -71,8 +71,8 @@ def test_4bit_policy_is_saved_as_the_trained_policy(mode, tmp_path, tiny_model_d
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from alignkit.config.recipe import validate_recipe
-    from alignkit.ppo.modules import add_frozen_adapter_copy
-    from alignkit.ppo.stage import build_policy, save_policy
+    from alignkit.online_stage import build_policy, save_policy
+    from alignkit.reference import add_frozen_adapter_copy
     from alignkit.runio import RunDir
 
     start = str(tiny_model_dir)
@@ -100,3 +100,47 @@ def test_4bit_policy_is_saved_as_the_trained_policy(mode, tmp_path, tiny_model_d
         saved = AutoModelForCausalLM.from_pretrained(model_dir)(input_ids=ids).logits
     # Merged into the 4-bit weights (re-quantized), the logits were up to 0.15 apart.
     assert (saved - trained).abs().max().item() < 1e-4
+
+
+def test_ppo_config_takes_save_total_limit_from_train(tmp_path):
+    from alignkit.config.recipe import validate_recipe
+    from alignkit.online_stage import trainer_config as ppo_config
+
+    raw = {"stage": "ppo", "output_dir": str(tmp_path / "run"), "model": {"name_or_path": "x"},
+           "data": {"datasets": [{"path": "data/world/rl_prompts.jsonl"}]}, "ppo": {"reward_model": "x"}}
+    assert ppo_config(validate_recipe(raw)).save_total_limit == 2  # train's default, as the Trainer stages
+    raw["train"] = {"save_total_limit": None}
+    assert ppo_config(validate_recipe(raw)).save_total_limit is None
+
+
+def test_8bit_lora_ppo_step_prepares_the_base_for_kbit_training(tmp_path, tiny, ppo_tokenizer):
+    """An 8-bit LoRA policy goes through prepare_model_for_kbit_training (not only 4-bit), then trains a step."""
+    from alignkit.config.recipe import validate_recipe
+    from alignkit.online_stage import build_policy
+    from alignkit.rl.trainer import RLConfig, RLTrainer
+
+    tok = ppo_tokenizer
+    tiny.make_policy(tok).save_pretrained(str(tmp_path / "sft"))
+    recipe = validate_recipe({"stage": "ppo", "output_dir": str(tmp_path / "run"),
+                              "model": {"name_or_path": str(tmp_path / "sft"), "torch_dtype": "float16"},
+                              "quantization": {"load_in_8bit": True},
+                              "peft": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+                              "data": {"datasets": [{"path": "data/world/rl_prompts.jsonl"}]},
+                              "ppo": {"reward_model": "x"}})
+    policy, reference = build_policy(recipe, "adapter_disabled")
+    base = policy.get_base_model()
+    assert base.is_loaded_in_8bit
+    # prepare_model_for_kbit_training casts the float16 norms to float32; skipped, they stay float16.
+    assert base.model.norm.weight.dtype == torch.float32
+    lora_b = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_B" in n}
+    int8 = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    cfg = RLConfig(learning_rate=3e-3, critic_learning_rate=3e-3, num_rollouts=1, rollout_batch_size=4,
+                   mini_batch_size=4, ppo_epochs=1, max_new_tokens=4, missing_eos_penalty=None)
+    trainer = RLTrainer(cfg, policy, reference, tiny.make_critic(tok), tiny.target_reward(tok), tok,
+                        tiny.make_prompts(tok, n=4))
+    history = trainer.train()
+    assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["loss/policy_avg"]))
+    trained = trainer.accelerator.unwrap_model(trainer.policy)
+    moved = [n for n, p in trained.named_parameters() if n in lora_b and not torch.equal(p.detach(), lora_b[n])]
+    assert moved  # the adapter learned
+    assert torch.equal(trained.get_base_model().model.layers[0].self_attn.q_proj.weight, int8)  # the base did not

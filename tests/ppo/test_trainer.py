@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from alignkit.ppo.checkpoint import KL_KEY
-from alignkit.ppo.modules import FROZEN_ADAPTER, REF_ADAPTER, response_logits
-from alignkit.ppo.trainer import PPOConfig, PPOTrainer
+from alignkit.reference import FROZEN_ADAPTER, REF_ADAPTER
+from alignkit.rl.checkpoint import KL_KEY
+from alignkit.rl.modules import response_logits
+from alignkit.rl.trainer import RLConfig as PPOConfig
+from alignkit.rl.trainer import RLTrainer as PPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 METRICS = ["objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward",
@@ -38,25 +40,16 @@ def lora(policy: Any, random_b: bool = False) -> Any:
     return get_peft_model(policy, cfg)
 
 
-@torch.no_grad()
-def target_mass(tiny: Any, policy: Any, tokenizer: Any) -> float:
-    """Mean next-token probability of the target tokens after every prompt: a noise-free learning signal."""
-    ids = tokenizer.convert_tokens_to_ids(list(tiny.TARGETS))
-    probs = [policy(input_ids=torch.tensor([p["input_ids"]])).logits[0, -1].softmax(-1)[ids].sum().item()
-             for p in tiny.make_prompts(tokenizer)]
-    return sum(probs) / len(probs)
-
-
 def test_ppo_raises_the_score_and_logs_every_metric(tiny, ppo_tokenizer):
     tok = ppo_tokenizer
     policy = tiny.make_policy(tok)
     logger = tiny.ListLogger()
     cfg = small_config(num_rollouts=5, rollout_batch_size=32, mini_batch_size=16, max_new_tokens=8)
-    before = target_mass(tiny, policy, tok)
+    before = tiny.target_mass(policy, tok)
     trainer = PPOTrainer(cfg, policy, copy.deepcopy(policy), tiny.make_critic(tok), tiny.target_reward(tok), tok,
                          tiny.make_prompts(tok), metrics_logger=logger)
     history = trainer.train()
-    after = target_mass(tiny, trainer.accelerator.unwrap_model(trainer.policy), tok)
+    after = tiny.target_mass(trainer.accelerator.unwrap_model(trainer.policy), tok)
     assert [step for step, _ in logger.rows] == [1, 2, 3, 4, 5]
     for _, row in logger.rows:
         assert set(METRICS) <= set(row), set(METRICS) - set(row)
@@ -145,6 +138,32 @@ def test_checkpoint_and_resume_continue_exactly(tiny, ppo_tokenizer, tmp_path: P
     assert len(history) == 3 and resumed.rollout_idx == 3
     for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg"):
         assert history[-1][key] == pytest.approx(full_history[-1][key], rel=1e-4, abs=1e-6), key
+
+
+def test_save_total_limit_keeps_the_newest_complete_checkpoints(tiny, ppo_tokenizer, tmp_path: Path, monkeypatch):
+    """train.save_total_limit: older checkpoints go only once the new one is complete; others are left alone."""
+    from alignkit.rl import trainer as trainer_module
+    from alignkit.rl.checkpoint import complete_checkpoints
+
+    tok = ppo_tokenizer
+    (tmp_path / "checkpoint-0").mkdir(parents=True)  # an incomplete folder (no trainer_state.json): not ours
+    seen: list[list[str]] = []
+    real_prune = trainer_module.prune_checkpoints
+
+    def watched_prune(folder: Path, keep: int | None) -> list[Path]:
+        seen.append([p.name for p in complete_checkpoints(folder)])
+        return real_prune(folder, keep)
+
+    monkeypatch.setattr(trainer_module, "prune_checkpoints", watched_prune)
+    policy = tiny.make_policy(tok)
+    cfg = small_config(num_rollouts=4, save_every=1, save_total_limit=2, ppo_epochs=1, rollout_batch_size=8)
+    PPOTrainer(cfg, policy, copy.deepcopy(policy), tiny.make_critic(tok), tiny.target_reward(tok), tok,
+               tiny.make_prompts(tok, 8), checkpoint_dir=tmp_path).train()
+    # Each prune sees the new checkpoint complete beside the two kept before it.
+    assert seen == [["checkpoint-1"], ["checkpoint-1", "checkpoint-2"], ["checkpoint-1", "checkpoint-2", "checkpoint-3"],
+                    ["checkpoint-2", "checkpoint-3", "checkpoint-4"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0", "checkpoint-3", "checkpoint-4",
+                                                          "metrics.jsonl"]
 
 
 def test_resume_refuses_what_would_silently_skip(tiny, ppo_tokenizer, tmp_path: Path):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from alignkit.config.base import (
     DataSection,
@@ -18,32 +18,17 @@ from alignkit.config.base import (
     Section,
     TrainSection,
 )
-from alignkit.config.dpo import DPOSection
-from alignkit.config.eval import EvalSection
-from alignkit.config.pipeline import PipelineSection
-from alignkit.config.ppo import PPOSection
-from alignkit.config.pretrain import PretrainSection
-from alignkit.config.reward import RewardSection
-from alignkit.config.sft import SFTSection
 from alignkit.errors import AlignkitError
 from alignkit.runio import SECRET_KEY, SECRET_VALUE
+from alignkit.stages import REGISTRY, STAGE_NAMES, unused_train_keys
 
-Stage = Literal["pretrain", "sft", "reward", "ppo", "dpo", "eval", "pipeline"]
-
-# Which sections a stage must have; the rest are optional.
-REQUIRED_SECTIONS: dict[str, tuple[str, ...]] = {
-    "pretrain": ("data", "pretrain"),
-    "sft": ("model", "data"),
-    "reward": ("model", "data"),
-    "ppo": ("model", "data", "ppo"),
-    "dpo": ("model", "data"),
-    "eval": ("eval",),
-    "pipeline": ("pipeline",),
-}
+# The stage names, their required sections and their section fields all come from the stage registry.
+Stage = Literal[STAGE_NAMES]  # type: ignore[valid-type]
+REQUIRED_SECTIONS: dict[str, tuple[str, ...]] = {name: spec.required for name, spec in REGISTRY.items()}
 
 
-class Recipe(Section):
-    """A whole run: the stage, where it writes, and its sections."""
+class RecipeBase(Section):
+    """The sections every stage shares; Recipe adds one section per registered stage."""
 
     stage: Stage
     output_dir: str
@@ -53,28 +38,36 @@ class Recipe(Section):
     peft: PeftSection | None = None
     data: DataSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
-    pretrain: PretrainSection | None = None
-    sft: SFTSection | None = None
-    reward: RewardSection | None = None
-    ppo: PPOSection | None = None
-    dpo: DPOSection | None = None
-    eval: EvalSection | None = None
-    pipeline: PipelineSection | None = None
-    hub: HubSection | None = None
 
     @model_validator(mode="after")
-    def _stage_sections(self) -> Recipe:
+    def _stage_sections(self) -> RecipeBase:
         missing = [s for s in REQUIRED_SECTIONS[self.stage] if getattr(self, s) is None]
         if missing:
             raise ValueError(f"missing section '{missing[0]}' required by stage {self.stage}")
         q = self.quantization
         if q is not None and q.load_in_4bit and q.load_in_8bit:
             raise ValueError("quantization: load_in_4bit and load_in_8bit are exclusive")
+        unused = unused_train_keys(self.stage, self.train)
+        if unused:
+            # A key the stage never reads would look applied in recipe.yaml while doing nothing.
+            raise ValueError(f"train.{unused[0]} is not used by stage {self.stage}; remove it (the {self.stage} "
+                             f"section holds that stage's own settings)")
         return self
 
     def dump(self) -> dict[str, Any]:
         """The fully resolved recipe as plain data (defaults included)."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+# A whole run: the stage, where it writes, the shared sections, one optional section per stage, hub last.
+Recipe = create_model(  # type: ignore[call-overload]
+    "Recipe",
+    __base__=RecipeBase,
+    __module__=__name__,
+    __doc__="A whole run: the stage, where it writes, and its sections.",
+    **{name: (spec.section | None, None) for name, spec in REGISTRY.items()},
+    hub=(HubSection | None, None),
+)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -87,18 +80,23 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 continue  # `<<: *anchor` merges are meant to be overridden by the mapping's own keys
             key = self.construct_object(key_node, deep=deep)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                first = seen.get(key)
             except TypeError:
                 continue  # unhashable key: SafeLoader reports it itself
-            if first != key_node.start_mark.line + 1:
+            if first is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
 
 def safe_load(text: str) -> Any:
     """yaml.safe_load semantics (no tags, no objects), but a duplicate key is an error."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no tags, no objects
+    loader = UniqueKeyLoader(text)  # what yaml.safe_load does, with this SafeLoader subclass: no tags, no objects
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 # Jinja (a chat template) starts like a YAML flow mapping; such override values are taken verbatim.

@@ -40,16 +40,17 @@ def parse_hh(text: str) -> list[dict[str, str]] | None:
     parts = HH_TURN.split("\n\n" + text.lstrip())  # ["", "Human", " q", "Assistant", " a", ...]
     if len(parts) < 3 or parts[0] or "Assistant" not in parts[1::2]:
         return None
-    return [{"role": HH_ROLES[name], "content": body.strip()} for name, body in zip(parts[1::2], parts[2::2], strict=True)]
+    turns = zip(parts[1::2], parts[2::2], strict=True)
+    return [{"role": HH_ROLES[name], "content": body.strip()} for name, body in turns]
 
 
 def _message(value: Any, where: str) -> dict[str, str]:
     """One {role, content} message; ShareGPT's {from, value} spelling is accepted."""
     if isinstance(value, dict):
-        role = value.get("role", SHAREGPT_ROLES.get(value.get("from", "")))
+        role = value.get("role", value.get("from"))
         content = value.get("content", value.get("value"))
         if isinstance(role, str) and isinstance(content, str):
-            return {"role": role, "content": content}
+            return {"role": SHAREGPT_ROLES.get(role, role), "content": content}
     raise AlignkitError(f"expected a {{role, content}} message, got {value!r:.60}", where=where)
 
 

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from alignkit.models import position_ids_from_mask
+
 # Bumped whenever a completion record's fields change meaning (2: few-shot n_tokens count the stop),
 # so that cached completions of an older definition are regenerated rather than mixed in.
 COMPLETION_FORMAT = 2
@@ -230,7 +232,7 @@ def response_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], respon
         ids = torch.tensor([[pad] * (width - len(q)) + q for q in seqs], device=device)
         mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs], device=device)
         # Positions count from each row's first real token, as generate() numbered them.
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        position_ids = position_ids_from_mask(mask)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
                        use_cache=False).logits[:, :-1].float() / temperature
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)

@@ -27,6 +27,7 @@ import torch
 
 from alignkit.config.base import DatasetSpec, ModelSection
 from alignkit.config.eval import EvalModel, EvalSection
+from alignkit.data.loading import load_spec
 from alignkit.errors import AlignkitError
 from alignkit.eval import stats
 from alignkit.eval.fingerprint import Fingerprints
@@ -40,10 +41,12 @@ from alignkit.eval.generate import (
     response_logprobs,
     settings_hash,
 )
-from alignkit.eval.judges import Judge, build_judge, judge_both_orders
+from alignkit.eval.judges import Judge, Rubric, build_judge, judge_both_orders, require_rubric, world_meta
 from alignkit.eval.report import render_markdown, write_report
+from alignkit.models import adapter_base, load_for_generation, load_tokenizer, same_vocabulary
+from alignkit.reward_model import RewardScorer
+from alignkit.rl.checkpoint import KL_KEY, complete_checkpoints
 from alignkit.runio import RunDir, atomic_write_text, read_metrics
-from alignkit.world.oracle import hallucination_rate
 
 log = logging.getLogger("alignkit.eval")
 FINGERPRINTS = "fingerprints.json"
@@ -97,8 +100,6 @@ def _read_json_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_dataset(section: EvalSection) -> list[dict[str, Any]]:
-    from alignkit.data.loading import load_spec
-
     limit = section.prompt_limit
     spec = DatasetSpec(path=section.prompts, split=section.prompt_split, max_samples=limit)
     return list(load_spec(spec, where="eval.prompts"))
@@ -122,16 +123,6 @@ def sampling_of(section: EvalSection) -> Sampling:
     """The recipe's sampling settings."""
     g = section.generation
     return Sampling(g.max_new_tokens, g.temperature, g.top_p, g.top_k, g.batch_size, g.seed)
-
-
-def load_model(path: str, tokenizer: Any = None) -> tuple[Any, Any]:
-    """Causal LM and tokenizer (left padding) through alignkit's one loader, on the GPU when there is one."""
-    from alignkit.models import load_causal_lm, load_tokenizer
-
-    section = ModelSection(name_or_path=path)
-    tokenizer = tokenizer or load_tokenizer(section, padding_side="left")
-    model = load_causal_lm(section, tokenizer=tokenizer)
-    return (model.to("cuda") if torch.cuda.is_available() else model).eval(), tokenizer
 
 
 def free(model: Any) -> None:
@@ -164,8 +155,6 @@ def model_jobs(spec: EvalModel, rows: Sequence[dict[str, Any]], texts: Sequence[
 def generate_for_model(spec: EvalModel, rows: Sequence[dict[str, Any]], section: EvalSection,
                        run_dir: RunDir, fewshot_template: str | None, need_logprobs: bool) -> ModelOutputs:
     """Produce (or read back) one model's completions; the model is loaded only when it has work, then freed."""
-    from alignkit.models import load_tokenizer
-
     start = time.time()
     sampling = sampling_of(section)
     tokenizer = load_tokenizer(ModelSection(name_or_path=spec.path), padding_side="left")
@@ -183,7 +172,7 @@ def generate_for_model(spec: EvalModel, rows: Sequence[dict[str, Any]], section:
         out = _collect(spec, [cache.get(j.key) for j in jobs], jobs, texts)
         out.seconds, out.truncated_prompts, out.context = time.time() - start, n_cut, context
         return out
-    model, tokenizer = load_model(spec.path, tokenizer)
+    model, tokenizer = load_for_generation(spec.path, tokenizer)
     records = generate_cached(model, tokenizer, jobs, sampling, cache, fewshot=spec.prompting == "fewshot",
                               desc=f"generating ({spec.name})")
     out = _collect(spec, records, jobs, texts)
@@ -199,8 +188,6 @@ def generate_for_model(spec: EvalModel, rows: Sequence[dict[str, Any]], section:
 def context_length(path: str) -> int | None:
     """A model's context (max_position_embeddings, n_positions for GPT-2) from its config; None when unknown."""
     from transformers import AutoConfig
-
-    from alignkit.models import adapter_base
 
     try:
         config = AutoConfig.from_pretrained(adapter_base(path) or path)
@@ -244,10 +231,12 @@ def fit_prompts(tokenizer: Any, texts: Sequence[str], budget: int | None) -> tup
 
 def preflight(section: EvalSection) -> None:
     """What can be refused from configs and tokenizers alone, before any model generates."""
-    from alignkit.models import load_tokenizer, same_vocabulary
-
-    for m in section.models:
+    for i, m in enumerate(section.models):
         prompt_budget(context_length(m.path), section.generation.max_new_tokens, m.name)
+        if m.prompting == "chat" and not load_tokenizer(ModelSection(name_or_path=m.path)).chat_template:
+            raise AlignkitError(f"model {m.name!r} has no chat template (a base model?); ask it with prompting: "
+                                f"fewshot or raw, or evaluate a folder that has one (an SFT run's model)",
+                                where=f"eval.models[{i}].prompting")
     paths = {m.name: m.path for m in section.models}
     for i, m in enumerate(section.models):
         if not m.ref:
@@ -280,13 +269,12 @@ def pick_best_of_n(outputs: ModelOutputs, scores: torch.Tensor) -> None:
     outputs.candidates = []
 
 
-def oracle_best_of_n(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]]) -> None:
-    """Best-of-n ranked by the world's oracle: the gold reward's best-of-n, an upper bound for a learned RM."""
-    from alignkit.eval.judges import world_meta
-    from alignkit.world import oracle
-
+def oracle_best_of_n(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]],
+                     rubric: Rubric | None) -> None:
+    """Best-of-n ranked by the world's oracle (`rubric`): the gold reward's best-of-n, an upper bound for an RM."""
     for out in outputs.values():
         if out.candidates and out.spec.best_of_n_by == "oracle":
+            oracle = require_rubric(rubric, f"eval.models.{out.spec.name}.best_of_n_by")
             metas = [world_meta(row) for row in rows]
             pick_best_of_n(out, torch.tensor([[oracle.score(meta, c["text"], c["ended"]).total for c in group]
                                               for group, meta in zip(out.candidates, metas, strict=True)],
@@ -295,8 +283,6 @@ def oracle_best_of_n(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, 
 
 def reward_scores(outputs: dict[str, ModelOutputs], rows: Sequence[dict[str, Any]], path: str) -> dict[str, list]:
     """Reward-model scores of every model's judged completions (best-of-n picks made first)."""
-    from alignkit.reward_model import RewardScorer
-
     scorer = RewardScorer.from_pretrained(path, device="cuda" if torch.cuda.is_available() else None)
     for out in outputs.values():
         if out.candidates:  # best-of-n by the reward model
@@ -320,7 +306,7 @@ def kl_to_ref(outputs: dict[str, ModelOutputs], section: EvalSection) -> dict[st
         if out.spec.ref:
             dependents.setdefault(out.spec.ref, []).append(name)
     for ref_name, names in dependents.items():
-        model, tokenizer = load_model(outputs[ref_name].spec.path)
+        model, tokenizer = load_for_generation(outputs[ref_name].spec.path)
         for name in names:
             out = outputs[name]
             ref = response_logprobs(model, tokenizer, out.prompt_texts, [r["token_ids"] for r in out.main],
@@ -367,8 +353,7 @@ def model_row(out: ModelOutputs, rows: Sequence[dict[str, Any]], judge: Judge, r
         "mean_length": float(np.mean(lengths)), "mean_length_ci": list(stats.bootstrap_ci(lengths, n_boot=n_boot,
                                                                                             seed=seed)),
         "eos_rate": float(np.mean([r["ended"] for r in out.main])),
-        # the world's honesty prompts (meta.unknown): answers that state a value; None for other prompt sets
-        "hallucination_rate": hallucination_rate(rows, out.main),
+        "hallucination_rate": None,  # set by run() from the rubric (the world's honesty prompts)
         "judge_score": float(np.mean(judged)) if None not in judged else None,
         "reward_mean": float(np.mean(rewards)) if rewards else None,
         "reward_ci": list(stats.bootstrap_ci(rewards, n_boot=n_boot, seed=seed)) if rewards else None,
@@ -423,18 +408,12 @@ def compact_metrics(report: dict[str, Any]) -> dict[str, Any]:
 # ---- PPO checkpoints: win rate against KL -----------------------------------------------------------
 
 def ppo_checkpoints(ppo_run: str) -> list[tuple[Path, float]]:
-    """(policy folder, KL from trainer_state.json) of every checkpoint of a PPO run, oldest first."""
-    from alignkit.ppo.checkpoint import KL_KEY
-
-    root = Path(ppo_run) / "checkpoints"
-    found = []
-    for ckpt in root.glob("checkpoint-*") if root.is_dir() else []:
-        state = ckpt / "trainer_state.json"
-        if (ckpt / "policy").is_dir() and state.is_file():
-            found.append((int(ckpt.name.split("-")[-1]), ckpt / "policy", json.loads(state.read_text()).get(KL_KEY)))
+    """(policy folder, KL from trainer_state.json) of every checkpoint of an online-RL run, oldest first."""
+    found = [(ckpt / "policy", json.loads((ckpt / "trainer_state.json").read_text()).get(KL_KEY))
+             for ckpt in complete_checkpoints(Path(ppo_run) / "checkpoints") if (ckpt / "policy").is_dir()]
     if not found:
         raise AlignkitError("no checkpoint-<n>/policy with trainer_state.json", where=f"eval.ppo_run: {ppo_run}")
-    return [(policy, kl) for _, policy, kl in sorted(found)]
+    return found
 
 
 def kl_curve(section: EvalSection, rows: list[dict[str, Any]], outputs: dict[str, ModelOutputs], judge: Judge,
@@ -463,8 +442,11 @@ def training_curves(ppo_run: str) -> dict[str, Any]:
 
 # ---- the stage --------------------------------------------------------------------------------------
 
-def run(recipe: Any, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
-    """Generate, judge, compute statistics, write report.json/md/html, print the Markdown, return metrics."""
+def run(recipe: Any, run_dir: RunDir, recipe_path: str, rubric: Rubric | None = None) -> dict[str, Any]:
+    """Generate, judge, compute statistics, write report.json/md/html, print the Markdown, return metrics.
+
+    `rubric`: the oracle's (alignkit.stages.evaluate hands in the embedded world's; the harness imports no world).
+    """
     section: EvalSection = recipe.eval
     timing: dict[str, float] = {}
     start = time.time()
@@ -477,19 +459,22 @@ def run(recipe: Any, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
                for m in section.models}
     timing["generation_s"] = time.time() - start
     t = time.time()
-    oracle_best_of_n(outputs, rows)
+    oracle_best_of_n(outputs, rows, rubric)
     rewards = reward_scores(outputs, rows, section.reward_model) if section.reward_model else {}
     kls = kl_to_ref(outputs, section)
     timing["reward_kl_s"] = time.time() - t
     t = time.time()
     judge = build_judge(section.judge, section.reward_model, seed=recipe.seed,
-                        fingerprint=Fingerprints(run_dir.path / FINGERPRINTS))
+                        fingerprint=Fingerprints(run_dir.path / FINGERPRINTS), rubric=rubric)
     pairs = resolve_pairs(section)
     judgments = judge_pairs(judge, rows, outputs, pairs, run_dir)
     atomic_write_text(run_dir.path / "judgments.jsonl", "".join(json.dumps(j) + "\n" for j in judgments))
     timing["judging_s"] = time.time() - t
     t = time.time()
     report = build_report(section, rows, outputs, judgments, pairs, judge, rewards, kls, recipe.seed)
+    for row in report["models"]:
+        # share of answers to the world's unknown-name prompts that state a value; None for other prompt sets
+        row["hallucination_rate"] = rubric.hallucination_rate(rows, outputs[row["name"]].main) if rubric else None
     timing["statistics_s"] = time.time() - t
     if section.ppo_run:
         t = time.time()

@@ -1,6 +1,7 @@
 """Pairwise judges behind one interface: `judge.compare(prompt_row, response_a, response_b) -> "a"|"b"|"tie"`.
 
-    OracleJudge       the embedded world's rubric (needs the prompt row's `meta`)
+    OracleJudge       a rubric over the prompt row's `meta` (the embedded world's oracle, handed in by the
+                      eval stage: the harness imports no world, the world's research tools import it)
     RewardModelJudge  higher reward-model score wins; ties within `epsilon`
     LocalLMJudge      a local HF causal LM reading a pairwise template (next-token logits or parsed text)
     HTTPJudge         an OpenAI-compatible /v1/chat/completions endpoint (vLLM, TGI, any server)
@@ -26,14 +27,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.eval.fingerprint import model_fingerprint
-from alignkit.eval.generate import JsonlCache, settings_hash
+from alignkit.eval.generate import JsonlCache, Sampling, generate, settings_hash
 from alignkit.eval.stats import reconcile_orders
+from alignkit.models import load_for_generation, position_ids_from_mask
+from alignkit.reward_model import RewardScorer
 
 Verdict = Literal["a", "b", "tie"]
 log = logging.getLogger("alignkit.eval")
@@ -106,22 +109,43 @@ class Judge:
         """Free the judge's memory."""
 
 
+class Rubric(Protocol):
+    """An absolute rubric over a prompt's `meta` (alignkit.world.oracle is one): a score and a verdict."""
+
+    def score(self, meta: dict, response: str, ended: bool = True) -> Any:
+        """The response's score; its `.total` is the number compared."""
+
+    def compare(self, meta: dict, response_a: str, response_b: str, ended_a: bool = True,
+                ended_b: bool = True) -> Verdict:
+        """Which response the rubric prefers."""
+
+    def hallucination_rate(self, rows: Sequence[dict], records: Sequence[dict]) -> float | None:
+        """Share of responses (`records`, dicts with "text") to prompts about unknown things that state a value."""
+
+
+def require_rubric(rubric: Rubric | None, where: str) -> Rubric:
+    """The rubric the oracle judge or oracle best-of-n needs, or a one-line error where none was given."""
+    if rubric is None:
+        raise AlignkitError("the oracle needs the embedded world's rubric, which this caller did not provide "
+                            "(the eval stage provides it); use another judge", where=where)
+    return rubric
+
+
 class OracleJudge(Judge):
-    """The world's rubric: a simulated annotator with no label noise at evaluation."""
+    """A rubric as judge (the world's oracle: a simulated annotator with no label noise at evaluation)."""
 
     kind = "oracle"
 
-    def compare(self, row: Mapping[str, Any], response_a: Any, response_b: Any) -> Verdict:
-        from alignkit.world import oracle
+    def __init__(self, rubric: Rubric) -> None:
+        self.rubric = rubric
 
+    def compare(self, row: Mapping[str, Any], response_a: Any, response_b: Any) -> Verdict:
         a, b = as_response(response_a), as_response(response_b)
-        return oracle.compare(world_meta(row), a.text, b.text, a.ended, b.ended)
+        return self.rubric.compare(world_meta(row), a.text, b.text, a.ended, b.ended)
 
     def score(self, row: Mapping[str, Any], response: Any) -> float | None:
-        from alignkit.world import oracle
-
         r = as_response(response)
-        return oracle.score(world_meta(row), r.text, r.ended).total
+        return self.rubric.score(world_meta(row), r.text, r.ended).total
 
 
 def world_meta(row: Mapping[str, Any]) -> dict:
@@ -146,8 +170,6 @@ class RewardModelJudge(Judge):
     def from_pretrained(cls, path: str, epsilon: float = 0.0,
                         fingerprint: Callable[[str], str] = model_fingerprint) -> RewardModelJudge:
         """Load a reward model folder (full or adapter) as a judge."""
-        from alignkit.reward_model import RewardScorer
-
         return cls(RewardScorer.from_pretrained(path), epsilon, name=path, fingerprint=fingerprint(path))
 
     def cache_id(self) -> str:
@@ -233,14 +255,9 @@ class LocalLMJudge(Judge):
     @classmethod
     def from_pretrained(cls, path: str, template: str, fingerprint: Callable[[str], str] = model_fingerprint,
                         **kwargs: Any) -> LocalLMJudge:
-        """Load the judge model and tokenizer through alignkit's one loader."""
-        from alignkit.config.base import ModelSection
-        from alignkit.models import load_causal_lm, load_tokenizer
-
-        section = ModelSection(name_or_path=path)
-        tokenizer = load_tokenizer(section, padding_side="left")
-        return cls(load_causal_lm(section, tokenizer=tokenizer), tokenizer, template, name=path,
-                   fingerprint=fingerprint(path), **kwargs)
+        """Load the judge model and tokenizer through alignkit's one loader (on the GPU when there is one)."""
+        model, tokenizer = load_for_generation(path)
+        return cls(model, tokenizer, template, name=path, fingerprint=fingerprint(path), **kwargs)
 
     def cache_id(self) -> str:
         # The judge's weights and tokenizer (fingerprint), template text and decoding settings decide a verdict.
@@ -281,7 +298,7 @@ class LocalLMJudge(Judge):
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(next(self.model.parameters()).device)
-        position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        position_ids = position_ids_from_mask(enc["attention_mask"])
         logits = self.model(**enc, position_ids=position_ids, use_cache=False).logits[:, -1].float()
         logp = torch.log_softmax(logits, -1)
         verdicts = list(self.LABELS)
@@ -291,8 +308,6 @@ class LocalLMJudge(Judge):
     @torch.no_grad()
     def _by_text(self, prompts: list[str]) -> list[Verdict]:
         """Greedy-decode a short answer and parse it; unreadable answers count as ties."""
-        from alignkit.eval.generate import Sampling, generate
-
         outs = generate(self.model, self.tokenizer, prompts,
                         Sampling(max_new_tokens=self.max_tokens, temperature=0.0, batch_size=len(prompts)),
                         progress=False)
@@ -559,10 +574,13 @@ def cached_verdicts(judge: Judge, items: Sequence[Item], cache: JsonlCache | Non
 
 
 def build_judge(section: Any, reward_model: str | None = None, seed: int = 0,
-                fingerprint: Callable[[str], str] = model_fingerprint) -> Judge:
-    """The judge a recipe's `eval.judge` section asks for; `fingerprint` keys model judges by content."""
+                fingerprint: Callable[[str], str] = model_fingerprint, rubric: Rubric | None = None) -> Judge:
+    """The judge a recipe's `eval.judge` section asks for; `fingerprint` keys model judges by content.
+
+    `rubric`: what the oracle judge scores with (the eval stage hands in the embedded world's oracle).
+    """
     if section.type == "oracle":
-        return OracleJudge()
+        return OracleJudge(require_rubric(rubric, "eval.judge.type"))
     if section.type == "reward_model":
         return RewardModelJudge.from_pretrained(section.path or reward_model, section.epsilon, fingerprint)
     if section.type == "local_lm":

@@ -1,1 +1,1 @@
-"""alignkit's PPO for RLHF: pure tensor functions (core), the rollout/update loop (trainer), the stage."""
+"""The ppo stage: PPO RLHF from a recipe, on the online-RL library (alignkit.rl)."""

@@ -1,13 +1,15 @@
-"""PPO checkpoint folders: weights saved the way users load them (save_pretrained), loaded back in place."""
+"""Online-RL checkpoint folders (PPO, GRPO, RLOO): weights saved with save_pretrained, loaded back in place."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from alignkit.ppo.modules import REF_ADAPTER, is_peft_model
+from alignkit.reference import REF_ADAPTER, is_peft_model
+from alignkit.runio import complete_checkpoints, latest_checkpoint  # noqa: F401  (one checkpoint discovery; re-exported for the trainer and eval)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 # trainer_state.json's key for the checkpoint's KL to the reference (objective/kl of its last rollout):
@@ -64,8 +66,15 @@ def load_policy(policy: Any, folder: Path) -> None:
         load_full_weights(policy, folder)
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The checkpoint-<n> folder with the highest n (temp folders of interrupted writes are ignored)."""
-    found = [p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+def prune_checkpoints(checkpoint_dir: Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (train.save_total_limit); None keeps all.
+
+    Called once a new checkpoint is complete, so a crash never leaves fewer than `keep` to resume from;
+    the newest is always kept.
+    """
+    if keep is None:
+        return []
+    old = complete_checkpoints(checkpoint_dir)[:-max(keep, 1)]
+    for path in old:
+        shutil.rmtree(path)
+    return old

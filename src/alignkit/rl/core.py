@@ -1,7 +1,8 @@
-"""PPO for RLHF as small pure functions over [batch, response_len] tensors, named as in the papers.
+"""Online RL for LLMs (PPO, GRPO, RLOO) as small pure functions over [batch, response_len] tensors.
 
 Sources: InstructGPT (arXiv 2203.02155); "The N+ Implementation Details of RLHF with PPO"
-(arXiv 2403.17031); Ziegler et al. 2019 (adaptive KL); Schulman, "Approximating KL divergence" (2020).
+(arXiv 2403.17031); Ziegler et al. 2019 (adaptive KL); Schulman, "Approximating KL divergence" (2020);
+GRPO (DeepSeekMath, arXiv 2402.03300); Dr. GRPO (arXiv 2503.20783); RLOO (Ahmadian et al., arXiv 2402.14740).
 `mask` is 1 on valid response tokens (up to and including the first EOS) and 0 on padding.
 """
 
@@ -106,13 +107,20 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return (mask.sum(-1) - 1).clamp(min=0)
 
 
+def penalize_missing_eos(scores: torch.Tensor, has_eos: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """Scores less `penalty` where a response never emitted EOS; unchanged when penalty is None."""
+    # A response cut off by max_new_tokens never ended properly (N+ details, "EOS trick").
+    if penalty is None:
+        return scores
+    return torch.where(has_eos, scores, scores - penalty)
+
+
 def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                    kl_coef: float, kind: str = "k1", missing_eos_penalty: float | None = None,
-                    has_eos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token rewards -kl_coef * KL plus the score on the last valid token; returns (rewards, non_score_reward, kl)."""
-    if missing_eos_penalty is not None and has_eos is not None:
-        # A response cut off by max_new_tokens never ended properly (N+ details, "EOS trick").
-        scores = torch.where(has_eos, scores, scores - missing_eos_penalty)
+                    kl_coef: float, kind: str = "k1") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token rewards -kl_coef * KL plus the (penalised) score on the last valid token.
+
+    Returns (rewards, non_score_reward, kl), each [B, R].
+    """
     kl = kl_penalty(logprobs, ref_logprobs, kind) * mask
     non_score_reward = -kl_coef * kl
     rewards = non_score_reward.clone()
@@ -138,6 +146,26 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         advantages[:, t] = next_advantage
     returns = advantages + values
     return advantages, returns
+
+
+def group_relative_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
+                              eps: float = 1e-4) -> torch.Tensor:
+    """GRPO: (r - mean_group) / (std_group + eps) over consecutive groups; scale=False is Dr. GRPO."""
+    # Dr. GRPO drops the std division: it up-weights groups whose rewards barely differ (too easy or too hard).
+    grouped = rewards.reshape(-1, group_size)
+    advantages = grouped - grouped.mean(-1, keepdim=True)
+    if scale:
+        advantages = advantages / (grouped.std(-1, keepdim=True) + eps)  # Bessel-corrected, as GRPO and TRL
+    return advantages.reshape(-1)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO: r_i - mean_{j != i} r_j within consecutive groups of `group_size` (needs group_size >= 2)."""
+    if group_size < 2:
+        raise ValueError("leave-one-out needs at least 2 samples per prompt")
+    grouped = rewards.reshape(-1, group_size)
+    baseline = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - baseline).reshape(-1)
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,

@@ -1,11 +1,12 @@
-"""The models around the PPO loop: the critic's per-token value head and the three kinds of reference policy.
+"""The frozen reference policy, one module for DPO and the online methods (PPO, GRPO, RLOO).
 
-Reference modes (memory is one base model with LoRA, not four):
+Reference modes (memory is one base model with LoRA, not two):
     copy              a separate frozen causal LM (full fine-tuning, or any explicit reference)
     adapter_disabled  LoRA policy on a base that already holds the SFT weights: the reference is the
                       policy with its adapter switched off
     frozen_adapter    the policy continues an SFT LoRA adapter: the reference is a frozen copy of that
-                      starting adapter ("ref") on the same base, switched in with set_adapter (TRL PR #4723)
+                      starting adapter ("ref") on the same base, switched in with set_adapter (TRL PR #4723);
+                      disabling the adapter would give the base model, not SFT
 """
 
 from __future__ import annotations
@@ -16,23 +17,38 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-FROZEN_ADAPTER = "frozen_adapter"
+from alignkit.errors import AlignkitError
+from alignkit.models import adapter_base
+
+COPY = "copy"
 ADAPTER_DISABLED = "adapter_disabled"
-REF_ADAPTER = "ref"
+FROZEN_ADAPTER = "frozen_adapter"
+MODES = (COPY, ADAPTER_DISABLED, FROZEN_ADAPTER)
+REF_ADAPTER = "ref"  # the frozen adapter's name, as TRL's DPOTrainer names it
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as `generate` uses them; recomputed passes must match."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+def resolve_mode(model_path: str, has_peft: bool, requested: str = "auto", where: str = "reference") -> str:
+    """Pick (or check) the reference mode for a policy starting at `model_path`, with or without a peft section."""
+    is_adapter = adapter_base(model_path) is not None
+    auto = FROZEN_ADAPTER if is_adapter else (ADAPTER_DISABLED if has_peft else COPY)
+    if requested == "auto":
+        return auto
+    if requested == ADAPTER_DISABLED and is_adapter:
+        raise AlignkitError("the policy starts from an unmerged SFT adapter, so disabling it gives the base "
+                            "model, not SFT; use frozen_adapter (or merge the SFT adapter first)", where=where)
+    if requested in {ADAPTER_DISABLED, FROZEN_ADAPTER} and not (is_adapter or has_peft):
+        raise AlignkitError(f"reference {requested} needs a LoRA policy (a peft section or an adapter model)",
+                            where=where)
+    if requested == FROZEN_ADAPTER and not is_adapter:
+        raise AlignkitError("frozen_adapter needs model.name_or_path to be an SFT adapter folder", where=where)
+    return requested
 
 
-def response_logits(model: Any, query_responses: torch.Tensor, attention_mask: torch.Tensor,
-                    context_length: int) -> torch.Tensor:
-    """Logits that predict each response token (positions context_length-1 .. end-1)."""
-    out = model(input_ids=query_responses, attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    return out.logits[:, context_length - 1:-1]
+def is_peft_model(model: Any) -> bool:
+    """Whether `model` is a PEFT wrapper with switchable adapters."""
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -45,39 +61,19 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
-def is_peft_model(model: Any) -> bool:
-    """Whether `model` is a PEFT wrapper with switchable adapters."""
-    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
-
-
-class ValueHead(torch.nn.Module):
-    """The critic: a sequence-classification model's backbone with its `score` head read at every position."""
-
-    # Initialised from the reward model (InstructGPT; the TRL example; OpenRLHF's default), so the first
-    # values are already on the reward's scale.
-    def __init__(self, reward_model: Any):
-        super().__init__()
-        self.model = reward_model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-token values [B, T]."""
-        backbone = getattr(self.model, self.model.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
-        return self.model.score(hidden).squeeze(-1).float()
-
-
 class Reference:
     """Computes the frozen reference policy: a separate model, the adapter switched off, or a frozen adapter."""
 
     def __init__(self, mode: str, model: Any = None):
-        if mode not in {"copy", ADAPTER_DISABLED, FROZEN_ADAPTER}:
+        if mode not in MODES:
             raise ValueError(f"unknown reference mode {mode!r}")
         self.mode, self.model = mode, model
 
     @classmethod
     def build(cls, policy: Any, ref_policy: Any) -> Reference:
-        """Interpret PPOTrainer's ref_policy: a model, None (adapter off) or "frozen_adapter"."""
+        """From a trainer's ref_policy argument: a Reference, a model, None / "adapter_disabled", "frozen_adapter"."""
+        if isinstance(ref_policy, Reference):
+            ref_policy = ref_policy.model if ref_policy.mode == COPY else ref_policy.mode
         if ref_policy is None or ref_policy == ADAPTER_DISABLED:
             if not is_peft_model(policy):
                 raise ValueError("ref_policy=None (adapter disabled) needs a PEFT policy; pass a frozen reference model")
@@ -91,12 +87,12 @@ class Reference:
             raise ValueError(f"unknown ref_policy {ref_policy!r}: a model, None or 'frozen_adapter'")
         ref_policy.requires_grad_(False)
         disable_dropout(ref_policy)
-        return cls("copy", ref_policy.eval())
+        return cls(COPY, ref_policy.eval())
 
     @contextmanager
     def active(self, policy: Any) -> Iterator[Any]:
         """Yield the module whose forward is the reference policy (`policy` is the unwrapped policy)."""
-        if self.mode == "copy":
+        if self.mode == COPY:
             yield self.model
         elif self.mode == ADAPTER_DISABLED:
             # Correct only when the SFT weights are merged into the base; otherwise this is the base model.
@@ -121,8 +117,6 @@ def freeze_adapter(policy: Any, name: str) -> None:
 
 def add_frozen_adapter_copy(policy: Any) -> None:
     """Load the active (starting) adapter a second time as the frozen "ref" adapter, unless one is loaded."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
     trained = policy.active_adapter
     if REF_ADAPTER not in policy.peft_config:
         cfg = copy.deepcopy(policy.peft_config[trained])
@@ -132,3 +126,10 @@ def add_frozen_adapter_copy(policy: Any) -> None:
         set_peft_model_state_dict(policy, state, adapter_name=REF_ADAPTER)
     policy.set_adapter(trained)
     freeze_adapter(policy, REF_ADAPTER)
+
+
+def without_reference_adapter(policy: Any) -> Any:
+    """The policy with the frozen "ref" adapter deleted (it must not be saved beside the result)."""
+    if REF_ADAPTER in getattr(policy, "peft_config", {}):
+        policy.delete_adapter(REF_ADAPTER)
+    return policy

@@ -1,8 +1,11 @@
-"""The PPO loop on Accelerate: rollouts with the policy, a frozen reward model and reference, GAE, PPO-clip.
+"""The online-RL loop on Accelerate: rollouts with the policy, a reward and a frozen reference, PPO-clip updates.
 
-InstructGPT style: the policy starts from the SFT model, the critic from the reward model, and a
-per-token KL penalty to a frozen reference keeps the policy close. TRL removed its PPOTrainer in
-2026, so alignkit owns this loop; every formula lives in `core.py` as a tested pure function.
+One loop, three methods, chosen by `advantage_estimator`:
+    gae   PPO (InstructGPT style): a critic started from the reward model, GAE, a per-token KL penalty
+    grpo  GRPO: no critic, num_generations samples per prompt, group-relative advantages, KL as a loss term
+    rloo  RLOO: no critic, leave-one-out baseline over the group, KL as a reward penalty
+TRL removed its PPOTrainer in 2026, so alignkit owns this loop; every formula lives in `core.py` as a
+tested pure function.
 """
 
 from __future__ import annotations
@@ -19,34 +22,38 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.ppo import core
-from alignkit.ppo.checkpoint import (
+from alignkit.errors import AlignkitError
+from alignkit.reference import Reference, disable_dropout
+from alignkit.rl import core
+from alignkit.rl.checkpoint import (
     CHECKPOINT_PREFIX,
     KL_KEY,
     latest_checkpoint,
     load_full_weights,
     load_policy,
+    prune_checkpoints,
     save_policy,
 )
-from alignkit.ppo.modules import Reference, ValueHead, disable_dropout, response_logits
-from alignkit.ppo.rollout import Rollout, RolloutWorker
+from alignkit.rl.modules import ValueHead, response_logits, response_values
+from alignkit.rl.rollout import Rollout, RolloutWorker
 from alignkit.runio import MetricsLogger, atomic_dir, atomic_write_json
 
-log = logging.getLogger("alignkit.ppo")
+log = logging.getLogger("alignkit.rl")
 # Reward callable: (prompts_text, responses_text, prompt_ids, response_ids) -> scores [B].
 RewardFn = Callable[[list[str], list[str], list[list[int]], list[list[int]]], torch.Tensor]
 COUNTED_METRICS = {"val/num_eos_tokens"}  # summed over processes; every other metric is averaged
+SECTIONS = {"gae": "ppo", "grpo": "grpo", "rloo": "rloo"}  # the recipe section of each method, for errors
 
 
 @dataclass
-class PPOConfig:
-    """Everything the loop needs as plain values; batch sizes are global (all processes together)."""
+class RLConfig:
+    """Everything the loop needs as plain values; batch sizes are global (all processes together), in responses."""
 
     learning_rate: float = 1e-5
     critic_learning_rate: float = 1e-5
     total_episodes: int = 1024
     num_rollouts: int | None = None  # overrides total_episodes when set
-    rollout_batch_size: int = 32  # prompts per rollout
+    rollout_batch_size: int = 32  # responses per rollout: rollout_batch_size / num_generations prompts
     mini_batch_size: int = 8  # responses per optimizer step
     gradient_accumulation_steps: int = 1
     forward_batch_size: int | None = None  # chunk for generation and no-grad passes (None: whole batch)
@@ -71,9 +78,15 @@ class PPOConfig:
     critic_warmup_rollouts: int = 0
     anneal_lr: bool = False  # linear decay to 0 over the run (TRL's default was on)
     save_every: int = 10
+    save_total_limit: int | None = None  # keep only the newest N checkpoints (None: all)
     logging_every: int = 1
     max_grad_norm: float = 1.0
     seed: int = 0
+    advantage_estimator: str = "gae"  # gae (PPO, needs a critic), grpo or rloo (critic-free)
+    num_generations: int = 1  # responses sampled per prompt (a group); grpo and rloo need >= 2
+    kl_in_reward: bool = True  # KL as a per-token reward penalty (PPO, RLOO) or as a loss term (GRPO)
+    scale_rewards: bool = True  # grpo: divide by the group's std; False is Dr. GRPO
+    whiten_advantages: bool = True  # whiten advantages over the batch's valid tokens
 
     def total_rollouts(self) -> int:
         """Number of rollouts in the run."""
@@ -83,6 +96,11 @@ class PPOConfig:
 
     def local_sizes(self, num_processes: int) -> tuple[int, int, int]:
         """Per-process (rollout, mini-batch, micro-batch) sizes; raises when they do not divide."""
+        if self.advantage_estimator != "gae" and self.num_generations < 2:
+            raise ValueError(f"{self.advantage_estimator} compares num_generations >= 2 responses per prompt")
+        if self.rollout_batch_size % (self.num_generations * num_processes):
+            raise ValueError(f"rollout_batch_size {self.rollout_batch_size} must be a multiple of num_generations "
+                             f"{self.num_generations} x {num_processes} processes (a group stays on one process)")
         if self.rollout_batch_size % num_processes or self.mini_batch_size % num_processes:
             raise ValueError(f"rollout_batch_size {self.rollout_batch_size} and mini_batch_size "
                              f"{self.mini_batch_size} must be multiples of the {num_processes} processes")
@@ -93,10 +111,14 @@ class PPOConfig:
         return rollout, mini, mini // self.gradient_accumulation_steps
 
 
-class PPOTrainer:
-    """Runs rollouts and PPO updates, logs the standard metrics, checkpoints and resumes."""
+class RLTrainer:
+    """Runs rollouts and PPO-clip updates, logs the standard metrics, checkpoints and resumes.
 
-    def __init__(self, config: PPOConfig, policy: Any, ref_policy: Any, value_model: Any, reward_fn: RewardFn,
+    `ref_policy` is a Reference, a frozen model, None (the policy's adapter disabled) or "frozen_adapter";
+    `value_model` (the critic's init, a sequence-classification model) only for advantage_estimator "gae".
+    """
+
+    def __init__(self, config: RLConfig, policy: Any, ref_policy: Any, value_model: Any, reward_fn: RewardFn,
                  tokenizer: Any, prompt_dataset: Sequence[Any], accelerator: Any = None,
                  metrics_logger: Any = None, checkpoint_dir: str | Path | None = None):
         from accelerate import Accelerator
@@ -104,7 +126,9 @@ class PPOTrainer:
         self.config = config
         self.accelerator = accelerator or Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
         if self.accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
-            raise ValueError("the accelerator's gradient_accumulation_steps differs from the PPO config's")
+            raise ValueError("the accelerator's gradient_accumulation_steps differs from the RL config's")
+        if (value_model is None) != (config.advantage_estimator != "gae"):
+            raise ValueError("advantage_estimator gae needs a value_model (critic); grpo and rloo take none")
         self.local_rollout, self.local_mini, self.micro = config.local_sizes(self.accelerator.num_processes)
         self.tokenizer = tokenizer
         self.reward_fn = reward_fn
@@ -116,18 +140,23 @@ class PPOTrainer:
         self.reference = Reference.build(policy, ref_policy)
         if self.reference.mode == "copy":
             self.reference.model.to(self.accelerator.device)
-        critic = value_model if isinstance(value_model, ValueHead) else ValueHead(value_model)
-        for model in (policy, critic):
-            disable_dropout(model)
-        params = [
-            {"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.learning_rate},
-            {"params": [p for p in critic.parameters() if p.requires_grad], "lr": config.critic_learning_rate},
-        ]
+        disable_dropout(policy)
+        params = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.learning_rate}]
+        critic = None
+        if value_model is not None:
+            critic = value_model if isinstance(value_model, ValueHead) else ValueHead(value_model)
+            disable_dropout(critic)
+            params.append({"params": [p for p in critic.parameters() if p.requires_grad],
+                           "lr": config.critic_learning_rate})
         optimizer = torch.optim.AdamW(params, eps=1e-5)  # eps 1e-5 as in OpenAI's lm-human-preferences
         total = config.total_rollouts()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda r: max(0.0, 1.0 - r / total) if config.anneal_lr else 1.0)
-        self.policy, self.critic, self.optimizer = self.accelerator.prepare(policy, critic, optimizer)
+        if critic is None:
+            self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
+            self.critic = None
+        else:
+            self.policy, self.critic, self.optimizer = self.accelerator.prepare(policy, critic, optimizer)
         self.kl_ctl = (core.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                        if config.adaptive_kl else core.FixedKLController(config.kl_coef))
         self.worker = RolloutWorker(config, tokenizer, prompt_dataset, self.accelerator)
@@ -139,11 +168,12 @@ class PPOTrainer:
     def rollout(self) -> Rollout:
         """Sample, score and compute advantages for this process's share of the next rollout batch."""
         policy = self.accelerator.unwrap_model(self.policy)
-        critic = self.accelerator.unwrap_model(self.critic)
+        critic = self.accelerator.unwrap_model(self.critic) if self.critic is not None else None
         return self.worker.collect(self.rollout_idx, policy, self.reference, critic, self.reward_fn, self.kl_ctl.value)
 
     def update(self, ro: Rollout) -> dict[str, float]:
         """ppo_epochs passes over shuffled mini-batches with gradient accumulation; mean diagnostics."""
+        models = (self.policy,) if self.critic is None else (self.policy, self.critic)
         cfg = self.config
         train_policy = self.rollout_idx >= cfg.critic_warmup_rollouts
         sums: dict[str, list[float]] = {}
@@ -151,7 +181,7 @@ class PPOTrainer:
             gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.rollout_idx * 101 + epoch)
             order = torch.randperm(ro.responses.shape[0], generator=gen)
             for start in range(0, len(order), self.micro):
-                with self.accelerator.accumulate(self.policy, self.critic):
+                with self.accelerator.accumulate(*models):
                     stats = self._step(ro, order[start:start + self.micro], train_policy)
                 for k, v in stats.items():
                     sums.setdefault(k, []).append(v)
@@ -165,10 +195,20 @@ class PPOTrainer:
         logprobs = core.logprobs_from_logits(logits, ro.responses[idx], cfg.temperature)
         entropy = core.masked_mean(core.entropy_from_logits(logits.detach(), cfg.temperature), mask)
         pg_loss, pg = core.policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], mask, cfg.clip_range)
-        values = self.critic(query_responses, attention_mask)[:, ro.context_length - 1:-1]
-        vf_loss, vf_clipfrac = core.value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.clip_range_value)
         # Critic warm-up (N+ details): the policy loss is zeroed, not skipped, so DDP still sees every parameter.
-        loss = (pg_loss if train_policy else 0.0 * pg_loss) + cfg.vf_coef * vf_loss
+        loss = pg_loss if train_policy else 0.0 * pg_loss
+        stats: dict[str, float] = {}
+        if not cfg.kl_in_reward:
+            # GRPO: the KL to the reference is a loss term on the current policy, not a reward penalty.
+            kl_loss = core.masked_mean(core.kl_penalty(logprobs, ro.ref_logprobs[idx], cfg.kl_estimator), mask)
+            loss = loss + self.kl_ctl.value * kl_loss
+            stats["loss/kl_avg"] = kl_loss.item()
+        if self.critic is not None:
+            values = response_values(self.critic, query_responses, attention_mask, ro.context_length)
+            vf_loss, vf_clipfrac = core.value_loss(values, ro.values[idx], ro.returns[idx], mask,
+                                                   cfg.clip_range_value)
+            loss = loss + cfg.vf_coef * vf_loss
+            stats.update({"loss/value_avg": vf_loss.item(), "val/clipfrac_avg": vf_clipfrac.item()})
         self.accelerator.backward(loss)
         if self.accelerator.sync_gradients and cfg.max_grad_norm:
             self.accelerator.clip_grad_norm_(
@@ -176,8 +216,7 @@ class PPOTrainer:
         self.optimizer.step()  # Accelerate's optimizer only steps on accumulation boundaries
         self.optimizer.zero_grad()
         return {"policy/approxkl_avg": pg["approxkl"].item(), "policy/clipfrac_avg": pg["clipfrac"].item(),
-                "policy/entropy_avg": entropy.item(), "loss/policy_avg": pg_loss.item(),
-                "loss/value_avg": vf_loss.item(), "val/clipfrac_avg": vf_clipfrac.item(),
+                "policy/entropy_avg": entropy.item(), "loss/policy_avg": pg_loss.item(), **stats,
                 "val/ratio": pg["ratio"].item()}
 
     # ---- the loop ------------------------------------------------------------------------------------------
@@ -188,8 +227,9 @@ class PPOTrainer:
             self.resume_from_checkpoint(resume_from_checkpoint)
         total = cfg.total_rollouts()
         if self.rollout_idx >= total:
-            log.warning("PPO: checkpoint is at rollout %d of %d; nothing left to train", self.rollout_idx, total)
-        bar = tqdm(range(self.rollout_idx, total), desc="ppo", initial=self.rollout_idx, total=total,
+            log.warning("RL: checkpoint is at rollout %d of %d; nothing left to train", self.rollout_idx, total)
+        bar = tqdm(range(self.rollout_idx, total), desc=SECTIONS.get(cfg.advantage_estimator, "rl"),
+                   initial=self.rollout_idx, total=total,
                    disable=not self.accelerator.is_main_process)
         for _ in bar:
             stats = self._train_one()
@@ -216,11 +256,9 @@ class PPOTrainer:
         stats.update({"episode": self.episode, "eps": cfg.rollout_batch_size / max(t2 - t0, 1e-9)})
         self.kl_ctl.update(stats["objective/kl"], cfg.rollout_batch_size)
         self.history.append(stats)
-        if not (math.isfinite(stats["loss/policy_avg"]) and math.isfinite(stats["loss/value_avg"])):
-            from alignkit.errors import AlignkitError
-
-            raise AlignkitError(f"PPO loss became non-finite at rollout {self.rollout_idx}; lower learning_rate "
-                                "or check the reward scale", where="ppo")
+        if not all(math.isfinite(v) for k, v in stats.items() if k.startswith("loss/")):
+            raise AlignkitError(f"the loss became non-finite at rollout {self.rollout_idx}; lower learning_rate "
+                                "or check the reward scale", where=SECTIONS.get(cfg.advantage_estimator, "rl"))
         total = cfg.total_rollouts()
         if self.metrics_logger is not None and (self.rollout_idx % cfg.logging_every == 0
                                                 or self.rollout_idx == total):
@@ -248,8 +286,9 @@ class PPOTrainer:
         recent = self.history[-self.config.save_every:]
         with atomic_dir(final) as tmp:
             save_policy(self.accelerator.unwrap_model(self.policy), tmp / "policy", self.tokenizer)
-            self.accelerator.unwrap_model(self.critic).model.save_pretrained(str(tmp / "critic"),
-                                                                             safe_serialization=True)
+            if self.critic is not None:
+                self.accelerator.unwrap_model(self.critic).model.save_pretrained(str(tmp / "critic"),
+                                                                                 safe_serialization=True)
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                        tmp / "optimizer.pt")
             atomic_write_json(tmp / "trainer_state.json", {
@@ -259,7 +298,9 @@ class PPOTrainer:
                             "last": self.history[-1] if self.history else {}},
                 "config": asdict(self.config), "history": self.history,
             })
-        log.info("saved PPO checkpoint %s", final)
+        log.info("saved checkpoint %s", final)
+        for old in prune_checkpoints(self.checkpoint_dir, self.config.save_total_limit):
+            log.info("deleted %s (train.save_total_limit=%s)", old, self.config.save_total_limit)
         return final
 
     def resume_from_checkpoint(self, path: str | Path | bool) -> Path:
@@ -272,19 +313,20 @@ class PPOTrainer:
         path = Path(path)
         state = json.loads((path / "trainer_state.json").read_text())
         saved = state.get("config", {})
-        for key in ("rollout_batch_size", "seed"):
+        for key in ("rollout_batch_size", "num_generations", "seed"):
             # Changing these would replay a different prompt order: the run would silently not be a resume.
             if key in saved and saved[key] != getattr(self.config, key):
                 raise ValueError(f"cannot resume {path}: {key} was {saved[key]}, now {getattr(self.config, key)}")
         load_policy(self.accelerator.unwrap_model(self.policy), path / "policy")
-        load_full_weights(self.accelerator.unwrap_model(self.critic).model, path / "critic")
+        if self.critic is not None:
+            load_full_weights(self.accelerator.unwrap_model(self.critic).model, path / "critic")
         blob = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         self.rollout_idx, self.episode = state["rollout"], state["episode"]
         self.kl_ctl.value = state["kl_coef"]
         self.history = state.get("history", [])
-        log.info("resumed PPO from %s at rollout %d (episode %d)", path, self.rollout_idx, self.episode)
+        log.info("resumed from %s at rollout %d (episode %d)", path, self.rollout_idx, self.episode)
         return path
 
 

@@ -1,0 +1,41 @@
+"""Prompt rows for the online loop: chat-templated token ids, and the world's `meta` for the oracle reward."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from alignkit.config.base import DatasetSpec
+from alignkit.data.loading import load_spec
+from alignkit.errors import AlignkitError
+
+
+def load_prompts(specs: Sequence[DatasetSpec], tokenizer: Any, limit: int, limit_key: str,
+                 with_meta: bool = False, meta_key: str = "reward") -> tuple[list[list[int]], list[dict]]:
+    """Prompt ids of every row of `specs` (a 'prompt' column: text or messages) and, with_meta, each row's meta.
+
+    A prompt over `limit` tokens (the room left for the response, `limit_key`) is an error naming its row.
+    """
+    out: list[list[int]] = []
+    metas: list[dict] = []
+    for i, spec in enumerate(specs):
+        ds = load_spec(spec, where=f"data.datasets.{i}")
+        columns = ds.column_names or []
+        if "prompt" not in columns:
+            raise AlignkitError(f"needs a 'prompt' column (has {ds.column_names}); map one with columns:",
+                                where=f"data.datasets.{i}: {spec.path}")
+        if with_meta and "meta" not in columns:
+            raise AlignkitError(f"{meta_key}: oracle needs a 'meta' column (the world's prompt rows carry one)",
+                                where=f"data.datasets.{i}: {spec.path}")
+        for row_no, row in enumerate(ds, start=1):
+            prompt = row["prompt"]
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > limit:
+                raise AlignkitError(f"prompt is {len(ids)} tokens; {limit_key} is {limit}",
+                                    where=f"{spec.path}:{row_no}")
+            out.append(ids)
+            if with_meta:
+                metas.append(row["meta"])
+    return out, metas

@@ -1,0 +1,73 @@
+"""Reward functions for the online loop: a reward model, the embedded world's oracle, or a user callable.
+
+Every reward is one callable `(prompts_text, responses_text, prompt_ids, response_ids) -> scores [B]`;
+response ids end with EOS when the response did, and texts have special tokens removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from alignkit.errors import AlignkitError
+from alignkit.rl.user_reward import load_callable
+from alignkit.world import oracle
+
+RewardFn = Callable[[list[str], list[str], list[list[int]], list[list[int]]], Any]
+
+
+def oracle_reward_fn(prompt_ids: list[list[int]], metas: list[dict], eos_token_id: int) -> RewardFn:
+    """The world's oracle as a reward: each response scored against its prompt's meta."""
+    by_prompt = {tuple(ids): meta for ids, meta in zip(prompt_ids, metas, strict=True)}
+
+    def reward_fn(prompts_text: list[str], responses_text: list[str], prompt_ids: list[list[int]],
+                  response_ids: list[list[int]]) -> torch.Tensor:
+        return torch.tensor([
+            oracle.score(by_prompt[tuple(p)], text, bool(r) and r[-1] == eos_token_id).total
+            for p, text, r in zip(prompt_ids, responses_text, response_ids, strict=True)])
+
+    return reward_fn
+
+
+def scorer_reward_fn(scorer: Any, pad_token_id: int) -> RewardFn:
+    """A RewardScorer as a reward: prompt ids + response ids (EOS kept), right-padded."""
+
+    def reward_fn(prompts_text: list[str], responses_text: list[str], prompt_ids: list[list[int]],
+                  response_ids: list[list[int]]) -> torch.Tensor:
+        rows = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
+        width = max(map(len, rows))
+        device = next(scorer.model.parameters()).device
+        ids = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        return scorer.score_ids(ids, mask)
+
+    return reward_fn
+
+
+def import_reward_fn(spec: str, where: str) -> RewardFn:
+    """The user callable named `module.path:function`; a one-line error if it is missing or takes other arguments."""
+    try:
+        fn = load_callable(spec)
+    except ValueError as exc:
+        raise AlignkitError(str(exc), where=where) from None
+    return checked_reward_fn(fn, spec, where)
+
+
+def checked_reward_fn(fn: RewardFn, spec: str, where: str) -> RewardFn:
+    """Wrap a user reward so a wrong return (shape or type) is one line naming the recipe key."""
+
+    def reward_fn(prompts_text: list[str], responses_text: list[str], prompt_ids: list[list[int]],
+                  response_ids: list[list[int]]) -> torch.Tensor:
+        out = fn(prompts_text, responses_text, prompt_ids, response_ids)
+        try:
+            scores = torch.as_tensor(out, dtype=torch.float32).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            scores = None
+        if scores is None or scores.numel() != len(responses_text):
+            raise AlignkitError(f"{spec} returned {type(out).__name__}, not one float per response "
+                                f"({len(responses_text)})", where=where)
+        return scores
+
+    return reward_fn

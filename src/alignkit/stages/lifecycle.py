@@ -1,0 +1,48 @@
+"""The run lifecycle every stage goes through: preflight, run folder, seed, the stage, completion marker, push."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from accelerate import PartialState
+from transformers import set_seed
+
+from alignkit.config.base import resolve_precision
+from alignkit.config.recipe import Recipe, load_recipe
+from alignkit.hub import push_run
+from alignkit.preflight import preflight
+from alignkit.runio import RunDir, disk_full_as_error
+from alignkit.stages import run_function, stage_spec
+
+log = logging.getLogger("alignkit")
+
+
+def train(recipe_path: str, overrides: list[str], force: list[str] | None = None) -> dict[str, Any]:
+    """Run one recipe file: validate, prepare the run folder, run the stage, write the completion marker last."""
+    return run_recipe(load_recipe(recipe_path, overrides), recipe_path, force=force)
+
+
+def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None) -> dict[str, Any]:
+    """Run a validated recipe (the pipeline calls this for each step): preflight, folder, stage, marker last."""
+    preflight(recipe, training=True)  # before anything is written or any model loads
+    resolve_precision(recipe.train)  # train.bf16/fp16: true on a machine without it stops here, not after loading
+    spec = stage_spec(recipe.stage)
+    run = run_function(recipe.stage)
+    run_dir = RunDir(recipe.output_dir)
+    if spec.owns_folder:
+        return run(recipe, run_dir, recipe_path, force=force or []) or {}
+    main_process = PartialState().is_main_process
+    run_dir.prepare(overwrite=recipe.train.overwrite_output_dir, resume=recipe.train.resume_from_checkpoint)
+    if main_process:
+        run_dir.save_recipe(recipe.dump())
+    # Seed before any model or adapter is built: LoRA and value-head initialisation must follow the
+    # recipe's seed, and be the same on every DDP rank as in a single-process run.
+    set_seed(recipe.seed)
+    with disk_full_as_error(run_dir.path):  # a full disk anywhere in the stage: one line, not a traceback
+        metrics = run(recipe, run_dir, recipe_path) or {}
+    if main_process:
+        run_dir.finish(metrics, stage=recipe.stage, recipe=str(recipe_path), **run_dir.model_record())
+        if recipe.hub is not None and recipe.hub.push_on_finish:
+            log.info("pushed to %s", push_run(run_dir.path))
+    return metrics
