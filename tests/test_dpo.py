@@ -33,9 +33,10 @@ def test_completions_end_at_eos_token_by_token(tiny_tokenizer: Any) -> None:
     tok = tiny_tokenizer
     prompt = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Where is Bresbis?"}]
     ids = pair_ids(tok, prompt, "In Eastvale.", "I can't say.")
-    assert tok.decode(ids["prompt_ids"]) == "<|system|>\nAnswer briefly.\n<|user|>\nWhere is Bresbis?\n<|assistant|>\n"
+    assert tok.decode(ids["prompt_ids"]) == "<|system|> Answer briefly.\n<|user|> Where is Bresbis?\n<|assistant|>"
     for key, response in (("chosen_ids", "In Eastvale."), ("rejected_ids", "I can't say.")):
-        assert ids[key] == tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        # the template's space before the answer belongs to the completion, spelt as in running text
+        assert ids[key] == tok(" " + response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     # What TRL would score from the conversational row: the rendered assistant turn, which ends "<eos>\n".
     rendered = tok.apply_chat_template([*prompt, {"role": "assistant", "content": "In Eastvale."}], tokenize=False)
     assert rendered.endswith(tok.eos_token + "\n")
@@ -177,8 +178,8 @@ def test_trainer_scores_each_completion_up_to_its_eos(tmp_path: Path, tiny_model
     row = trainer.train_dataset[0]
     prompt_text = tok.apply_chat_template(first["prompt"], add_generation_prompt=True, tokenize=False)
     assert row["prompt_ids"] == tok(prompt_text, add_special_tokens=False)["input_ids"]
-    assert row["chosen_ids"] == tok(ranked[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    assert row["rejected_ids"] == tok(ranked[1], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert row["chosen_ids"] == tok(" " + ranked[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert row["rejected_ids"] == tok(" " + ranked[1], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     batch = trainer.data_collator([row])
     scored = batch["input_ids"][batch["completion_mask"].bool()].tolist()
     assert scored == row["chosen_ids"] + row["rejected_ids"]  # the loss's tokens, each completion ending at EOS
