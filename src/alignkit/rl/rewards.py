@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.rl.user_reward import load_callable
+from alignkit.user_reward import load_callable
 from alignkit.world import oracle
 
 RewardFn = Callable[[list[str], list[str], list[list[int]], list[list[int]]], Any]
