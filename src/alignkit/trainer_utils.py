@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,15 @@ def train(trainer: Any, resume: str | None) -> Any:
         return finish_from_checkpoint(trainer, resume)
     log.info("resuming from %s at step %d of %d", resume, start, total)
     return trainer.train(resume_from_checkpoint=resume)
+
+
+def train_with_metrics(trainer: Any, recipe: Recipe, run_dir: RunDir) -> tuple[Any, dict[str, Any]]:
+    """Train, resuming as train.resume_from_checkpoint says; the TrainOutput and the metrics every stage reports."""
+    resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
+    start = time.time()
+    result = train(trainer, resume)
+    return result, {"train_loss": result.training_loss, "global_step": result.global_step,
+                    "train_seconds": round(time.time() - start, 1), "peak_memory_mb": peak_memory_mb()}
 
 
 def finish_from_checkpoint(trainer: Any, checkpoint: str) -> Any:
