@@ -74,3 +74,11 @@ def test_config_is_below_the_stages_and_libraries():
              "alignkit.eval", "alignkit.world", "alignkit.cli"}
     imported = set(part_graph()["alignkit.config"])
     assert not imported & above, sorted(imported & above)
+
+
+def test_the_rl_library_imports_no_stage_eval_or_world_module():
+    # The embedded world's oracle reaches the online loop as a rubric handed in by online_stage, as it reaches
+    # the eval harness through stages.evaluate; rl importing the world would close rl -> world -> eval -> rl.
+    imported = set(part_graph()["alignkit.rl"])
+    stage_modules = {"alignkit.online_stage", "alignkit.grpo", "alignkit.rloo", "alignkit.ppo", "alignkit.stages"}
+    assert not imported & ({"alignkit.world", "alignkit.eval"} | stage_modules), sorted(imported)
