@@ -110,7 +110,8 @@ def test_full_dpo_raises_margin(tmp_path: Path, tiny_model_dir: Path, prefs: Pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     metrics = _dpo(tmp_path / "run", tiny_model_dir, prefs)
-    assert {"rewards/accuracies", "rewards/margins", "train_loss", "train_seconds"} <= set(metrics)
+    assert {"rewards/accuracies", "rewards/margins", "train_loss", "train_seconds", "peak_memory_mb"} <= set(metrics)
+    assert metrics["global_step"] > 0 and metrics["train_seconds"] >= 0 and metrics["peak_memory_mb"] > 0
     model_dir = tmp_path / "run" / "model"
     policy = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from alignkit.cli import train
+from alignkit.config.steps import resolve_refs
 from alignkit.errors import AlignkitError
-from alignkit.pipeline import input_paths, resolve_refs
+from alignkit.pipeline import input_paths
 from alignkit.runio import current_umask
 
 

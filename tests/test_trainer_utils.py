@@ -102,3 +102,33 @@ def test_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpo
     summary = json.loads((run / "run.json").read_text())
     assert summary["metrics"]["global_step"] == 6 and summary["metrics"]["resumed_from"].endswith("checkpoint-3")
     assert (run / "checkpoints" / "checkpoint-6" / "optimizer.pt").stat().st_size > 64
+
+
+def test_every_train_key_reaches_training_arguments_under_its_name_or_its_rename(tmp_path):
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from alignkit.config.base import TrainSection
+    from alignkit.config.recipe import validate_recipe
+    from alignkit.runio import RunDir
+    from alignkit.trainer_utils import NOT_TRAINING_ARGUMENTS, training_arguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    assert set(TrainSection.model_fields) - NOT_TRAINING_ARGUMENTS <= fields
+    train = {"learning_rate": 1e-3, "num_train_epochs": 2.0, "max_steps": 7, "per_device_train_batch_size": 3,
+             "per_device_eval_batch_size": 5, "gradient_accumulation_steps": 2, "warmup_ratio": 0.1,
+             "lr_scheduler_type": "linear", "weight_decay": 0.01, "max_grad_norm": 0.5, "optim": "adamw_torch",
+             "logging_steps": 3, "eval_steps": 4, "save_steps": 6, "save_total_limit": None,
+             "gradient_checkpointing": True, "report_to": [], "dataloader_num_workers": 1,
+             "trainer_kwargs": {"logging_first_step": True}}
+    recipe = validate_recipe({"stage": "sft", "seed": 3, "output_dir": str(tmp_path / "run"),
+                              "model": {"name_or_path": "org/model"}, "data": {"datasets": [{"path": "org/data"}]},
+                              "train": train})
+    args = training_arguments(recipe, RunDir(tmp_path / "run"), has_eval=True)
+    for key, value in train.items():
+        if key not in NOT_TRAINING_ARGUMENTS:
+            assert getattr(args, key) == value, key
+    assert args.warmup_steps == 0.1 and args.report_to == [] and args.logging_first_step is True
+    assert args.seed == args.data_seed == 3 and args.eval_strategy == "steps"
+    assert args.output_dir == str(tmp_path / "run" / "checkpoints") and not args.remove_unused_columns

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from typing import Any
 
 from alignkit.config import Recipe
@@ -31,7 +30,7 @@ from alignkit.models import (
 from alignkit.reference import ADAPTER_DISABLED, FROZEN_ADAPTER, resolve_mode, without_reference_adapter
 from alignkit.reward_model import reward_input_ids
 from alignkit.runio import RunDir
-from alignkit.trainer_utils import make_config, metrics_callback, peak_memory_mb, save_final_model, train
+from alignkit.trainer_utils import make_config, metrics_callback, save_final_model, train_with_metrics
 
 log = logging.getLogger("alignkit.dpo")
 REPORTED = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
@@ -222,11 +221,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     """Train with DPO; save run_dir/model (full model or adapter); return implicit-reward metrics."""
     section = recipe.dpo or DPOSection()
     trainer = build_trainer(recipe, section, run_dir)
-    resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
-    start = time.time()
-    result = train(trainer, resume)
-    metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
-                               "train_seconds": round(time.time() - start, 1), "peak_memory_mb": peak_memory_mb()}
+    _, metrics = train_with_metrics(trainer, recipe, run_dir)
     metrics.update(last_logged(trainer.state.log_history, REPORTED))
     if trainer.eval_dataset is not None:
         evals = trainer.evaluate()

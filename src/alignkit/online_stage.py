@@ -44,6 +44,7 @@ from alignkit.rl.prompts import load_prompts
 from alignkit.rl.rewards import RewardFn, import_reward_fn, oracle_reward_fn, scorer_reward_fn
 from alignkit.rl.trainer import RLConfig, RLTrainer
 from alignkit.runio import MetricsLogger, RunDir, atomic_dir, read_metrics
+from alignkit.world import oracle
 
 log = logging.getLogger("alignkit.rl")
 ESTIMATOR = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo"}
@@ -101,7 +102,7 @@ def build_reward_fn(recipe: Recipe, tokenizer: Any, prompts: list[list[int]], me
     """The section's reward: the reward model, the world's oracle, or a user `module:function`."""
     s, where = section_of(recipe), f"{recipe.stage}.reward"
     if s.reward == "oracle":
-        return oracle_reward_fn(prompts, metas, tokenizer.eos_token_id)
+        return oracle_reward_fn(prompts, metas, tokenizer.eos_token_id, oracle)
     if s.reward != "model":
         return import_reward_fn(s.reward, where)
     scorer = RewardScorer.from_pretrained(s.reward_model, device=device)

@@ -24,12 +24,10 @@ from typing import Any
 from alignkit.config.base import DATA_SUFFIXES
 from alignkit.config.pipeline import PipelineStep
 from alignkit.config.recipe import Recipe, load_yaml
+from alignkit.config.steps import step_outputs, step_recipe
 from alignkit.errors import AlignkitError
 from alignkit.runio import RunDir, atomic_write_json
 from alignkit.stages.lifecycle import run_recipe
-from alignkit.stages.steps import resolve_refs, step_outputs, step_recipe
-
-__all__ = ["resolve_refs", "run", "step_outputs", "step_recipe"]
 
 log = logging.getLogger("alignkit.pipeline")
 MANIFEST = "manifest.json"

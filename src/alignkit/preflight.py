@@ -34,9 +34,9 @@ from transformers.utils import (
 from alignkit.config import Recipe
 from alignkit.config.base import DatasetSpec
 from alignkit.config.recipe import apply_overrides, load_yaml
+from alignkit.config.registry import REGISTRY
+from alignkit.config.steps import resolve_refs, step_outputs, step_recipe
 from alignkit.errors import AlignkitError
-from alignkit.stages import REGISTRY
-from alignkit.stages.steps import resolve_refs, step_outputs, step_recipe
 
 TRAINING_STAGES = tuple(name for name, spec in REGISTRY.items() if spec.trains)
 SPLITS_FOR_EVAL = ("sft", "dpo")  # the stages that hold out data.eval_split_size of their rows

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,34 +30,25 @@ from alignkit.runio import (
 log = logging.getLogger(__name__)
 
 
+# `train:` keys that are not TrainingArguments fields of the same name: renamed or resolved below, read by the
+# run lifecycle, or merged last. Every other key is passed as is, so a default lives only in TrainSection.
+NOT_TRAINING_ARGUMENTS = frozenset({"warmup_ratio", "bf16", "fp16", "report_to", "resume_from_checkpoint",
+                                    "overwrite_output_dir", "trainer_kwargs"})
+
+
 def training_kwargs(recipe: Recipe, run_dir: RunDir, has_eval: bool = False) -> dict[str, Any]:
     """Keyword arguments for TrainingArguments (or a TRL config, which extends it) from `train:`."""
     t = recipe.train
-    kwargs: dict[str, Any] = dict(
+    kwargs: dict[str, Any] = t.model_dump(exclude=set(NOT_TRAINING_ARGUMENTS))
+    kwargs.update(
         output_dir=str(run_dir.checkpoints),
-        learning_rate=t.learning_rate,
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
         warmup_steps=t.warmup_ratio,  # transformers 5 takes a ratio < 1 here
-        lr_scheduler_type=t.lr_scheduler_type,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        logging_steps=t.logging_steps,
         save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_eval and t.eval_steps else "no",
-        eval_steps=t.eval_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
         **resolve_precision(t),  # train.bf16/fp16 may be auto: decided for this machine
         report_to=t.report_to or "none",
         seed=recipe.seed,
         data_seed=recipe.seed,
-        dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
         disable_tqdm=False,
     )
@@ -226,6 +218,15 @@ def train(trainer: Any, resume: str | None) -> Any:
         return finish_from_checkpoint(trainer, resume)
     log.info("resuming from %s at step %d of %d", resume, start, total)
     return trainer.train(resume_from_checkpoint=resume)
+
+
+def train_with_metrics(trainer: Any, recipe: Recipe, run_dir: RunDir) -> tuple[Any, dict[str, Any]]:
+    """Train, resuming as train.resume_from_checkpoint says; the TrainOutput and the metrics every stage reports."""
+    resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
+    start = time.time()
+    result = train(trainer, resume)
+    return result, {"train_loss": result.training_loss, "global_step": result.global_step,
+                    "train_seconds": round(time.time() - start, 1), "peak_memory_mb": peak_memory_mb()}
 
 
 def finish_from_checkpoint(trainer: Any, checkpoint: str) -> Any:

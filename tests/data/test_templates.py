@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from alignkit.chat_templates import BUILTIN_TEMPLATES
 from alignkit.config.base import ModelSection
 from alignkit.config.recipe import validate_recipe
 from alignkit.data.templates import (
-    BUILTIN_TEMPLATES,
     assistant_spans,
     require_chat_template,
     tokenize_with_assistant_masks,

@@ -30,7 +30,7 @@ def test_oracle_reward_fn_scores_each_response_against_its_prompts_meta(ppo_toke
             "reference": "Bresbis is in Eastvale.", "harmful": False, "forbidden": []}
     other = {**meta, "expected": ["Northmoor"], "conflicts": [["Eastvale"]]}
     prompt_ids = [[3, 5, 9], [3, 5, 10]]
-    reward_fn = oracle_reward_fn(prompt_ids, [meta, other], tok.eos_token_id)
+    reward_fn = oracle_reward_fn(prompt_ids, [meta, other], tok.eos_token_id, oracle)
     texts = ["Bresbis is in Eastvale.", "Bresbis is in Eastvale."]
     # The same text: right for the first prompt, wrong for the second; the second never emitted EOS.
     scores = reward_fn(["a", "b"], texts, prompt_ids, [[20, tok.eos_token_id], [20, 21]])

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from alignkit.eval.harness import ppo_checkpoints
 from alignkit.rl import core
-from alignkit.rl.checkpoint import KL_KEY
+from alignkit.rl.checkpoint import KL_KEY, checkpoint_policies
 from alignkit.rl.trainer import RLConfig, RLTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,7 +58,7 @@ def test_critic_free_method_raises_the_score_logs_ppos_metrics_and_checkpoints_k
     assert (ckpt / "policy" / "model.safetensors").is_file() and not (ckpt / "critic").exists()
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state[KL_KEY] == pytest.approx(history[-1]["objective/kl"]) and state[KL_KEY] != 0
-    assert ppo_checkpoints(str(tmp_path)) == [(ckpt / "policy", state[KL_KEY])]
+    assert checkpoint_policies(tmp_path) == [("checkpoint-5", ckpt / "policy", state[KL_KEY])]
 
 
 @pytest.mark.parametrize("estimator", ["grpo", "rloo"])

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alignkit.data.templates import check_template_setting
+from alignkit.chat_templates import check_template_setting
 from alignkit.errors import AlignkitError
 
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from alignkit.config.base import Section
-from alignkit.rl.user_reward import load_callable
+from alignkit.user_reward import load_callable
 
 CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # module.path:function
 

@@ -18,9 +18,9 @@ from alignkit.config.base import (
     Section,
     TrainSection,
 )
+from alignkit.config.registry import REGISTRY, STAGE_NAMES, unused_train_keys
 from alignkit.errors import AlignkitError
 from alignkit.runio import SECRET_KEY, SECRET_VALUE
-from alignkit.stages import REGISTRY, STAGE_NAMES, unused_train_keys
 
 # The stage names, their required sections and their section fields all come from the stage registry.
 Stage = Literal[STAGE_NAMES]  # type: ignore[valid-type]

@@ -45,7 +45,7 @@ from alignkit.eval.judges import Judge, Rubric, build_judge, judge_both_orders, 
 from alignkit.eval.report import render_markdown, write_report
 from alignkit.models import adapter_base, load_for_generation, load_tokenizer, same_vocabulary
 from alignkit.reward_model import RewardScorer
-from alignkit.rl.checkpoint import KL_KEY, complete_checkpoints
+from alignkit.rl.checkpoint import checkpoint_policies
 from alignkit.runio import RunDir, atomic_write_text, read_metrics
 
 log = logging.getLogger("alignkit.eval")
@@ -407,28 +407,19 @@ def compact_metrics(report: dict[str, Any]) -> dict[str, Any]:
 
 # ---- PPO checkpoints: win rate against KL -----------------------------------------------------------
 
-def ppo_checkpoints(ppo_run: str) -> list[tuple[Path, float]]:
-    """(policy folder, KL from trainer_state.json) of every checkpoint of an online-RL run, oldest first."""
-    found = [(ckpt / "policy", json.loads((ckpt / "trainer_state.json").read_text()).get(KL_KEY))
-             for ckpt in complete_checkpoints(Path(ppo_run) / "checkpoints") if (ckpt / "policy").is_dir()]
-    if not found:
-        raise AlignkitError("no checkpoint-<n>/policy with trainer_state.json", where=f"eval.ppo_run: {ppo_run}")
-    return found
-
-
 def kl_curve(section: EvalSection, rows: list[dict[str, Any]], outputs: dict[str, ModelOutputs], judge: Judge,
              run_dir: RunDir, seed: int) -> list[dict[str, Any]]:
     """Judge win rate of each PPO checkpoint against `ppo_against` (default: the reference), by its KL."""
     against = section.ppo_against or section.reference or section.models[0].name
     curve = []
-    for policy, kl in ppo_checkpoints(section.ppo_run):
-        name = f"ppo-{policy.parent.name}"
+    for checkpoint, policy, kl in checkpoint_policies(section.ppo_run, where=f"eval.ppo_run: {section.ppo_run}"):
+        name = f"ppo-{checkpoint}"
         spec = EvalModel(name=name, path=str(policy))
         out = generate_for_model(spec, rows, section.model_copy(update={"generation": section.generation.model_copy(
             update={"diversity_samples": 0})}), run_dir, None, need_logprobs=False)
         judgments = judge_pairs(judge, rows, {name: out, against: outputs[against]}, [(name, against)], run_dir)
         summary = stats.pair_summary(judgments, n_boot=section.n_bootstrap, seed=seed)[0]
-        curve.append({"checkpoint": policy.parent.name, "kl": kl, "win_rate": summary["win_rate"],
+        curve.append({"checkpoint": checkpoint, "kl": kl, "win_rate": summary["win_rate"],
                       "ci_low": summary["ci_low"], "ci_high": summary["ci_high"], "against": against})
     return curve
 

@@ -1,20 +1,50 @@
-"""Online-RL checkpoint folders (PPO, GRPO, RLOO): weights saved with save_pretrained, loaded back in place."""
+"""Online-RL checkpoint folders (PPO, GRPO, RLOO): weights saved with save_pretrained, loaded back in place.
+
+    <run>/checkpoints/checkpoint-<rollout>/
+        policy/              the policy (adapter for PEFT), loadable by path like any model folder
+        critic/              PPO's value model
+        optimizer.pt
+        trainer_state.json   counters, KL coefficient, KL_KEY, history (written last)
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from alignkit.errors import AlignkitError
 from alignkit.reference import REF_ADAPTER, is_peft_model
-from alignkit.runio import complete_checkpoints, latest_checkpoint  # noqa: F401  (one checkpoint discovery; re-exported for the trainer and eval)
+from alignkit.runio import CHECKPOINT_STATE, RunDir, complete_checkpoints
 
 CHECKPOINT_PREFIX = "checkpoint-"
+POLICY_DIR = "policy"
+CRITIC_DIR = "critic"
 # trainer_state.json's key for the checkpoint's KL to the reference (objective/kl of its last rollout):
 # the x axis of the eval harness's win-rate-vs-KL curve.
 KL_KEY = "kl"
+
+
+class CheckpointPolicy(NamedTuple):
+    """One saved policy of an online-RL run: its checkpoint's name, the loadable folder, its KL to the reference."""
+
+    checkpoint: str
+    path: Path
+    kl: float | None
+
+
+def checkpoint_policies(run: str | Path, where: str | None = None) -> list[CheckpointPolicy]:
+    """The policy of every complete checkpoint of an online-RL run folder, oldest first; none is a user error."""
+    found = [CheckpointPolicy(ckpt.name, ckpt / POLICY_DIR,
+                              json.loads((ckpt / CHECKPOINT_STATE).read_text()).get(KL_KEY))
+             for ckpt in complete_checkpoints(RunDir(run).checkpoints) if (ckpt / POLICY_DIR).is_dir()]
+    if not found:
+        raise AlignkitError(f"no checkpoints/{CHECKPOINT_PREFIX}<n>/{POLICY_DIR} with {CHECKPOINT_STATE}",
+                            where=where or str(run))
+    return found
 
 
 def save_policy(policy: Any, folder: Path, tokenizer: Any = None) -> None:

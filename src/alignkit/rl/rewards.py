@@ -12,20 +12,22 @@ from typing import Any
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.rl.user_reward import load_callable
-from alignkit.world import oracle
+from alignkit.user_reward import load_callable
 
 RewardFn = Callable[[list[str], list[str], list[list[int]], list[list[int]]], Any]
 
 
-def oracle_reward_fn(prompt_ids: list[list[int]], metas: list[dict], eos_token_id: int) -> RewardFn:
-    """The world's oracle as a reward: each response scored against its prompt's meta."""
+def oracle_reward_fn(prompt_ids: list[list[int]], metas: list[dict], eos_token_id: int, rubric: Any) -> RewardFn:
+    """A rubric as a reward: each response scored against its prompt's meta (`rubric.score(meta, text, ended).total`).
+
+    The online stage hands in the embedded world's oracle (alignkit.world.oracle); rl imports no world module.
+    """
     by_prompt = {tuple(ids): meta for ids, meta in zip(prompt_ids, metas, strict=True)}
 
     def reward_fn(prompts_text: list[str], responses_text: list[str], prompt_ids: list[list[int]],
                   response_ids: list[list[int]]) -> torch.Tensor:
         return torch.tensor([
-            oracle.score(by_prompt[tuple(p)], text, bool(r) and r[-1] == eos_token_id).total
+            rubric.score(by_prompt[tuple(p)], text, bool(r) and r[-1] == eos_token_id).total
             for p, text, r in zip(prompt_ids, responses_text, response_ids, strict=True)])
 
     return reward_fn

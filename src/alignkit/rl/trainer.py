@@ -27,8 +27,9 @@ from alignkit.reference import Reference, disable_dropout
 from alignkit.rl import core
 from alignkit.rl.checkpoint import (
     CHECKPOINT_PREFIX,
+    CRITIC_DIR,
     KL_KEY,
-    latest_checkpoint,
+    POLICY_DIR,
     load_full_weights,
     load_policy,
     prune_checkpoints,
@@ -36,7 +37,7 @@ from alignkit.rl.checkpoint import (
 )
 from alignkit.rl.modules import ValueHead, response_logits, response_values
 from alignkit.rl.rollout import Rollout, RolloutWorker
-from alignkit.runio import MetricsLogger, atomic_dir, atomic_write_json
+from alignkit.runio import CHECKPOINT_STATE, MetricsLogger, atomic_dir, atomic_write_json, latest_checkpoint
 
 log = logging.getLogger("alignkit.rl")
 # Reward callable: (prompts_text, responses_text, prompt_ids, response_ids) -> scores [B].
@@ -285,13 +286,13 @@ class RLTrainer:
         final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.rollout_idx}"
         recent = self.history[-self.config.save_every:]
         with atomic_dir(final) as tmp:
-            save_policy(self.accelerator.unwrap_model(self.policy), tmp / "policy", self.tokenizer)
+            save_policy(self.accelerator.unwrap_model(self.policy), tmp / POLICY_DIR, self.tokenizer)
             if self.critic is not None:
-                self.accelerator.unwrap_model(self.critic).model.save_pretrained(str(tmp / "critic"),
+                self.accelerator.unwrap_model(self.critic).model.save_pretrained(str(tmp / CRITIC_DIR),
                                                                                  safe_serialization=True)
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                        tmp / "optimizer.pt")
-            atomic_write_json(tmp / "trainer_state.json", {
+            atomic_write_json(tmp / CHECKPOINT_STATE, {
                 "rollout": self.rollout_idx, "episode": self.episode, "kl_coef": self.kl_ctl.value,
                 KL_KEY: self.history[-1]["objective/kl"] if self.history else 0.0,
                 "metrics": {"kl": _mean(recent, "objective/kl"), "scores": _mean(recent, "objective/scores"),
@@ -311,15 +312,15 @@ class RLTrainer:
                 raise FileNotFoundError(f"resume requested but no {CHECKPOINT_PREFIX}* in {self.checkpoint_dir}")
             path = found
         path = Path(path)
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = json.loads((path / CHECKPOINT_STATE).read_text())
         saved = state.get("config", {})
         for key in ("rollout_batch_size", "num_generations", "seed"):
             # Changing these would replay a different prompt order: the run would silently not be a resume.
             if key in saved and saved[key] != getattr(self.config, key):
                 raise ValueError(f"cannot resume {path}: {key} was {saved[key]}, now {getattr(self.config, key)}")
-        load_policy(self.accelerator.unwrap_model(self.policy), path / "policy")
+        load_policy(self.accelerator.unwrap_model(self.policy), path / POLICY_DIR)
         if self.critic is not None:
-            load_full_weights(self.accelerator.unwrap_model(self.critic).model, path / "critic")
+            load_full_weights(self.accelerator.unwrap_model(self.critic).model, path / CRITIC_DIR)
         blob = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])

@@ -10,10 +10,11 @@ from transformers import set_seed
 
 from alignkit.config.base import resolve_precision
 from alignkit.config.recipe import Recipe, load_recipe
+from alignkit.config.registry import stage_spec
 from alignkit.hub import push_run
 from alignkit.preflight import preflight
 from alignkit.runio import RunDir, disk_full_as_error
-from alignkit.stages import run_function, stage_spec
+from alignkit.stages import run_function
 
 log = logging.getLogger("alignkit")
 
