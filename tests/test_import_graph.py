@@ -82,3 +82,9 @@ def test_the_rl_library_imports_no_stage_eval_or_world_module():
     imported = set(part_graph()["alignkit.rl"])
     stage_modules = {"alignkit.online_stage", "alignkit.grpo", "alignkit.rloo", "alignkit.ppo", "alignkit.stages"}
     assert not imported & ({"alignkit.world", "alignkit.eval"} | stage_modules), sorted(imported)
+
+
+def test_the_world_generator_imports_no_model_code():
+    # The research tools that sample models (probe, annotate) live in alignkit.research, not in the generator.
+    imported = set(part_graph()["alignkit.world"])
+    assert imported <= {"alignkit.errors"}, sorted(imported)

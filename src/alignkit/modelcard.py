@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from alignkit.config.base import looks_local
+from alignkit.config.registry import REGISTRY
 from alignkit.runio import RunDir, redact
-from alignkit.stages import REGISTRY
 
 
 def stage_tags(stage: str) -> list[str]:

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +50,7 @@ from alignkit.runio import MetricsLogger, RunDir, save_model
 from alignkit.trainer_utils import (
     make_config,
     metrics_callback,
-    peak_memory_mb,
-    train,
+    train_with_metrics,
     with_global_length_groups,
 )
 
@@ -347,11 +345,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     model = build_reward_model(recipe, tokenizer)
     trainer = build_trainer(recipe, model, tokenizer, to_pairs(train_rows) if section.loss == "pairwise"
                             else train_rows, run_dir)
-    resume = run_dir.resolve_resume(recipe.train.resume_from_checkpoint)
-    start = time.time()
-    result = train(trainer, resume)
-    metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
-                               "train_seconds": round(time.time() - start, 1), "peak_memory_mb": peak_memory_mb()}
+    result, metrics = train_with_metrics(trainer, recipe, run_dir)
     if not trainer.is_world_process_zero():
         return metrics
     model = trainer.accelerator.unwrap_model(trainer.model).eval()

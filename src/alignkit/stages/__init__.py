@@ -6,10 +6,10 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from alignkit.config.registry import REGISTRY, stage_spec
+from alignkit.config.registry import stage_spec
 from alignkit.errors import AlignkitError
 
-__all__ = ["REGISTRY", "run_function"]  # REGISTRY: for modelcard, which reads it from here
+__all__ = ["run_function"]
 
 
 def run_function(stage: str) -> Callable[..., dict[str, Any]]:

@@ -258,7 +258,7 @@ def fewshot_template(world: World, train: dict[str, list[Combo]], rng: random.Ra
     return f"{FEWSHOT_HEADER}\n\n{body}User: {{prompt}}\nAssistant:"
 
 
-def _jsonl(rows: list[dict]) -> str:
+def jsonl_text(rows: list[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=True) + "\n" for r in rows)
 
 
@@ -301,14 +301,14 @@ def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, no
         "rl_prompts.jsonl": rl_rows(world, train, rngs["rl"]),
         "validation_prompts.jsonl": prompt_rows(world, validation, rngs["validation"], "val"),
     }
-    shas = {name: write_atomic(out_dir / name, _jsonl(rows)) for name, rows in files.items()}
+    shas = {name: write_atomic(out_dir / name, jsonl_text(rows)) for name, rows in files.items()}
     counts = {name: len(rows) for name, rows in files.items()}
     unseen_path = eval_path.with_name(f"{eval_path.stem}_unseen{eval_path.suffix}")
     for path, rows in (
         (eval_path, prompt_rows(world, eval_side, rngs["eval"], "world")),
         (unseen_path, prompt_rows(world, eval_side, rngs["unseen"], "unseen", unseen=True)),
     ):
-        shas["eval/" + path.name] = write_atomic(path, _jsonl(rows))
+        shas["eval/" + path.name] = write_atomic(path, jsonl_text(rows))
         counts["eval/" + path.name] = len(rows)
     template = fewshot_template(world, train, rngs["fewshot"])
     shas["eval/fewshot_template.txt"] = write_atomic(eval_path.parent / "fewshot_template.txt", template)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from alignkit.world import probe
+from alignkit.research import probe
 
 META = {"task": "fact", "entity": "Bresbis", "expected": ["Eastvale"], "conflicts": [["Northmoor"]],
         "reference": "Bresbis is in Eastvale.", "harmful": False, "forbidden": []}

@@ -6,7 +6,7 @@ and PPO then optimises what the RM cannot judge. This samples K responses per pr
 from a model, scores them with the oracle, and ranks them with the same calibrated noise as the
 world's programmatic preferences.
 
-    python -m alignkit.world.annotate --model data/models/tiny-sft --out data/world/preferences_sft.jsonl
+    python -m alignkit.research.annotate --model data/models/tiny-sft --out data/world/preferences_sft.jsonl
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 
 from alignkit.world import oracle
-from alignkit.world.generator import _jsonl, calibrate_sigma, disagreement_rate, perturb, write_atomic
+from alignkit.world.generator import calibrate_sigma, disagreement_rate, jsonl_text, perturb, write_atomic
 
 
 def annotate(model_path: str, prompts_path: str, out: str, k: int = 4, n_prompts: int = 600, noise: float = 0.25,
@@ -53,7 +53,7 @@ def annotate(model_path: str, prompts_path: str, out: str, k: int = 4, n_prompts
                  "ranking": sorted(range(len(ts)), key=lambda i: (-keys[i], i)),
                  "meta": {**r["meta"], "source": model_path}}
                 for (r, ts, _), keys in zip(drafts, noisy, strict=True)]
-    write_atomic(Path(out), _jsonl(out_rows))
+    write_atomic(Path(out), jsonl_text(out_rows))
     return {"rows": len(out_rows), "sigma": sigma, "measured_noise": disagreement_rate(scores, noisy)}
 
 

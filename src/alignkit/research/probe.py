@@ -1,6 +1,6 @@
 """Probe where a reward model's ceiling comes from: pickers of a policy's own samples, judged by the oracle.
 
-    python -m alignkit.world.probe --policy data/models/tiny-sft --reward data/models/tiny-rm \
+    python -m alignkit.research.probe --policy data/models/tiny-sft --reward data/models/tiny-rm \
         [--judge-lm PATH] [--n 8] [--out probe.json]
 
 Samples n + 1 responses per held-out prompt from the policy (temperature 0.7, as recipes/eval_winrate.yaml).
