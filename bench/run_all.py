@@ -16,14 +16,23 @@ import time
 
 import common
 
-BENCHMARKS = ["sft_throughput", "packing", "ppo_vs_rloo", "eval_generation", "memory"]
+BENCHMARKS = ["sft_throughput", "packing", "ppo_vs_rloo", "eval_generation", "memory", "grpo_rloo_vs_trl"]
+# the result files each script writes (bench/results/<name>.json), where they are not named after it
+RESULTS = {"grpo_rloo_vs_trl": ["grpo_vs_trl", "rloo_vs_trl"]}
 TITLES = {
     "sft_throughput": "1. SFT LoRA throughput, tokens/s (vs TRL SFTTrainer script)",
     "packing": "2. Packing vs padding, variable-length rows, real tokens/s",
     "ppo_vs_rloo": "3. PPO episodes/s (vs TRL RLOOTrainer)",
     "eval_generation": "4. Eval generation, batch 32 vs 1, generated tokens/s",
     "memory": "5. Peak RSS, QLoRA vs full fine-tuning, 110M Llama (MB)",
+    "grpo_vs_trl": "6. GRPO episodes/s (vs TRL GRPOTrainer)",
+    "rloo_vs_trl": "7. RLOO episodes/s (vs TRL RLOOTrainer)",
 }
+
+
+def result_names() -> list[str]:
+    """Every result file's name, in the table's order."""
+    return [r for name in BENCHMARKS for r in RESULTS.get(name, [name])]
 DOCS = common.ROOT / "docs" / "benchmarks.md"
 
 
@@ -43,7 +52,7 @@ def fmt(x: float | None, digits: int = 1) -> str:
 
 def table_rows(results: dict[str, dict]) -> list[str]:
     rows = ["| benchmark | alignkit | baseline | ratio | goal | met? |", "|---|---|---|---|---|---|"]
-    for name in BENCHMARKS:
+    for name in result_names():
         r = results.get(name)
         if r is None:
             rows.append(f"| {TITLES[name]} | not run | | | | |")
@@ -56,7 +65,7 @@ def table_rows(results: dict[str, dict]) -> list[str]:
         g = json.loads(gpu.read_text())
         sdpa = next(s for s in g["sft"] if s["attn_implementation"] == "sdpa")
         dyn = next(p for p in g["ppo_generation"] if p["cache"] == "dynamic")
-        rows.append(f"| 6. GPU ({g['device']}): SFT MFU, 0.57B Llama, bf16, packed (sdpa) | "
+        rows.append(f"| 8. GPU ({g['device']}): SFT MFU, 0.57B Llama, bf16, packed (sdpa) | "
                     f"{sdpa['mfu'] * 100:.1f}% MFU ({fmt(sdpa['tokens_per_s'], 0)} tokens/s); PPO sampling "
                     f"{fmt(dyn['tokens_per_s'], 0)} tokens/s (batch 64, 128 new) | — | — | reported | — |")
     return rows
@@ -117,7 +126,7 @@ def write_docs(results: dict[str, dict], notes: str) -> None:
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
-        "Item 6 comes from `bench/gpu.py` on a lent GPU machine (bench/results/gpu_h100.json); it is not run by "
+        "Item 8 comes from `bench/gpu.py` on a lent GPU machine (bench/results/gpu_h100.json); it is not run by "
         "`make bench`.",
         "",
     ]
@@ -137,7 +146,7 @@ def main() -> None:
     if not args.docs_only:
         failed = [n for n in (args.only or BENCHMARKS) if not run(n)]
     results = {}
-    for name in BENCHMARKS:
+    for name in result_names():
         path = common.RESULTS / f"{name}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
