@@ -56,6 +56,15 @@ def interleave(candidates: dict[str, Callable[[int], float]], reps: int) -> dict
     return values
 
 
+def time_trl_train(trainer: Any, episodes: int) -> dict[str, Any]:
+    """Wall time of a TRL online trainer's `.train()`: episodes/s and its last logged mean completion length."""
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    lengths = [row["completions/mean_length"] for row in trainer.state.log_history if "completions/mean_length" in row]
+    return {"episodes_per_s": episodes / seconds, "seconds": seconds, "response_length": lengths[-1] if lengths else None}
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

@@ -74,12 +74,7 @@ def trl_run(method: str, work: Path, rollouts: int) -> dict[str, float]:
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = trainer_cls(model=POLICY, reward_funcs=RM, args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    lengths = [row["completions/mean_length"] for row in trainer.state.log_history if "completions/mean_length" in row]
-    return {"episodes_per_s": rollouts * BATCH / seconds, "seconds": seconds,
-            "response_length": lengths[-1] if lengths else None}
+    return common.time_trl_train(trainer, rollouts * BATCH)
 
 
 def compare(method: str, work: Path, rollouts: int, reps: int) -> None:

@@ -99,12 +99,7 @@ def rloo_run(rm: str, work: Path, rollouts: int) -> dict[str, float]:
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = RLOOTrainer(model=POLICY, reward_funcs=rm, args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    lengths = [row["completions/mean_length"] for row in trainer.state.log_history if "completions/mean_length" in row]
-    return {"episodes_per_s": rollouts * EPISODES_PER_BATCH / seconds, "seconds": seconds,
-            "response_length": lengths[-1] if lengths else None}
+    return common.time_trl_train(trainer, rollouts * EPISODES_PER_BATCH)
 
 
 def main() -> None:
