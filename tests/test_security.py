@@ -94,16 +94,15 @@ def test_every_torch_load_is_weights_only() -> None:
 
 @pytest.mark.parametrize("override", [f"hub.repo_id=me/{TOKEN}", f"train.trainer_kwargs.run_name={TOKEN}",
                                       f"train.trainer_kwargs.hub_token={TOKEN}"])
-def test_token_pasted_into_a_recipe_is_refused_without_echo(override: str, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "alignkit.cli", "train", "recipes/sft_lora.yaml",
-                           f"output_dir={tmp_path / 'run'}", override], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 2
+def test_token_pasted_into_a_recipe_is_refused_without_echo(override: str, tmp_path: Path, run_cli: Any) -> None:
+    done = run_cli(["train", "recipes/sft_lora.yaml", f"output_dir={tmp_path / 'run'}", override],
+                   env={"HF_TOKEN": TOKEN})
+    assert done.code == 2
     key = override.split("=")[0]
-    assert done.stderr.splitlines()[-1] == (
+    assert done.err.splitlines()[-1] == (
         f"alignkit: error: recipes/sft_lora.yaml: {key}: looks like an access token; tokens are read from the "
         "environment (HF_TOKEN), never from a recipe")
-    assert TOKEN not in done.stdout + done.stderr
+    assert TOKEN not in done.out + done.err
     assert not (tmp_path / "run").exists()
 
 
