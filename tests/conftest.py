@@ -160,6 +160,8 @@ def run_cli(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., CliResult]]:
     """Factory: run_cli(argv, env={...}) calls `alignkit.cli.main(argv)` in this process from the repo root.
 
+    env adds to or (a None value) removes from CLI_ENV; without HF_HUB_OFFLINE the Hub is online.
+
     It stands in for `python -m alignkit.cli ...` with CLI_ENV (a fresh process pays ~12 s importing torch,
     peft and transformers): offline, log records printed to stderr at INFO as the entry point's
     logging.basicConfig does in a fresh process, and what the call may change globally put back after it
@@ -179,10 +181,6 @@ def run_cli(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
     outer_stderr = sys.stderr
     capfd: pytest.CaptureFixture[str] = request.getfixturevalue("capfd")
     monkeypatch.chdir(REPO)
-    # huggingface_hub and datasets read these variables once, at import: set their module copies too.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets_cache")))
     rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     root = logging.getLogger()
@@ -190,6 +188,12 @@ def run_cli(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
     def run(argv: list[str], env: dict[str, str | None] | None = None) -> CliResult:
         for key, value in {**CLI_ENV, **(env or {})}.items():
             monkeypatch.delenv(key, raising=False) if value is None else monkeypatch.setenv(key, value)
+        # huggingface_hub and datasets read the offline switch once, at import: set their copies as a process would.
+        offline = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+        offline_mode = offline in {"1", "ON", "YES", "TRUE"}
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline_mode)
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", offline_mode)
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", offline_mode)
         environ, level, handlers = dict(os.environ), root.level, list(root.handlers)
         handler = logging.StreamHandler(sys.stderr)  # capfd's stream, where basicConfig would print
         handler.setFormatter(logging.Formatter(CLI_LOG_FORMAT, datefmt="%H:%M:%S"))
