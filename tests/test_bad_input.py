@@ -435,6 +435,7 @@ class Processes:
                 self.results[case_id] = repr(exc)
                 if self.current is not None:
                     self.current.kill()
+                    self.current.communicate()
 
     def result(self, case_id: str) -> tuple[int, str, str]:
         self.thread.join(timeout=180 * len(self.prepared))
