@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -128,3 +132,104 @@ def jsonl_file(tmp_path: Path) -> Callable[..., Path]:
 def chat_rows() -> list[dict[str, Any]]:
     """A few multi-turn conversations in the messages format."""
     return [dict(r) for r in CHAT_ROWS]
+
+
+# What a fresh `alignkit` process sees in the subprocess tests: quiet, single-threaded, and never online.
+CLI_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+CLI_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # cli.main's logging.basicConfig
+
+
+@dataclass
+class CliResult:
+    """What one `alignkit.cli.main(argv)` call returned (or exited with) and printed."""
+
+    code: int | str | None
+    out: str
+    err: str
+
+
+def _library_stream_handlers() -> list[logging.StreamHandler]:
+    """Plain StreamHandlers that libraries attached to their loggers (pytest's own are subclasses)."""
+    loggers = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    return [h for lg in loggers for h in lg.handlers if type(h) is logging.StreamHandler]
+
+
+@pytest.fixture
+def run_cli(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., CliResult]]:
+    """Factory: run_cli(argv, env={...}) calls `alignkit.cli.main(argv)` in this process from the repo root.
+
+    env adds to or (a None value) removes from CLI_ENV; without HF_HUB_OFFLINE the Hub is online.
+
+    It stands in for `python -m alignkit.cli ...` with CLI_ENV (a fresh process pays ~12 s importing torch,
+    peft and transformers): offline, log records printed to stderr at INFO as the entry point's
+    logging.basicConfig does in a fresh process, and what the call may change globally put back after it
+    (environment, working directory, the Hub offline switches read at import, root logger, the RNGs the
+    stage lifecycle seeds). An exception escaping main fails the test, as a traceback would in a process.
+    """
+    import random
+
+    import datasets.config
+    import huggingface_hub.constants
+    import numpy as np
+    import torch
+    import transformers  # noqa: F401 (its log handler binds to the session's stderr, not to capfd's below)
+
+    from alignkit.cli import main
+
+    outer_stderr = sys.stderr
+    capfd: pytest.CaptureFixture[str] = request.getfixturevalue("capfd")
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets_cache")))
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    root = logging.getLogger()
+
+    def run(argv: list[str], env: dict[str, str | None] | None = None) -> CliResult:
+        for key, value in {**CLI_ENV, **(env or {})}.items():
+            monkeypatch.delenv(key, raising=False) if value is None else monkeypatch.setenv(key, value)
+        # huggingface_hub and datasets read the offline switch once, at import: set their copies as a process would.
+        offline = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+        offline_mode = offline in {"1", "ON", "YES", "TRUE"}
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline_mode)
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", offline_mode)
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", offline_mode)
+        environ, level, handlers = dict(os.environ), root.level, list(root.handlers)
+        handler = logging.StreamHandler(sys.stderr)  # capfd's stream, where basicConfig would print
+        handler.setFormatter(logging.Formatter(CLI_LOG_FORMAT, datefmt="%H:%M:%S"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        # datasets and transformers give their loggers a handler on the sys.stderr of the moment they are
+        # imported: here maybe an earlier test's closed capture. A fresh process has them print to stderr.
+        library = [(h, h.stream, h.__dict__.get("flush")) for h in _library_stream_handlers()]
+        for h, _, flush in library:  # not setStream: it flushes the old stream, maybe closed
+            h.stream = sys.stderr
+            if flush is not None:  # transformers pins flush to the stream it was created with
+                h.flush = sys.stderr.flush
+        capfd.readouterr()
+        try:
+            code: int | str | None = main(list(argv))
+        except SystemExit as exc:  # argparse's usage errors exit 2 from inside main
+            code = exc.code
+        finally:
+            for h, stream, flush in library:
+                h.stream = stream
+                if flush is not None:
+                    h.flush = flush
+            for h in _library_stream_handlers():  # made during the call, on capfd's stream, closed after this test
+                if h.stream is sys.stderr:
+                    h.stream = outer_stderr
+                    if "flush" in h.__dict__:
+                        h.flush = outer_stderr.flush
+            root.handlers[:] = handlers
+            root.setLevel(level)
+            os.environ.clear()
+            os.environ.update(environ)
+            os.chdir(REPO)
+        out, err = capfd.readouterr()
+        return CliResult(code, out, err)
+
+    yield run
+    random.setstate(rng[0])
+    np.random.set_state(rng[1])
+    torch.set_rng_state(rng[2])

@@ -1,11 +1,10 @@
 """Broken recipes and datasets: each is one line on stderr naming what and where, exit 2, no traceback.
 
 Every case runs through the command line and must fail before any training, leaving existing outputs
-as they were. Cases caught by recipe validation (no torch import) each run as their own
-`python -m alignkit.cli` process. Cases that need a stage module (torch, datasets: ~10 s to import
-on a shared 2-core CPU) run in one process that calls `alignkit.cli.main(argv)` once per case — the
-function `python -m alignkit.cli` exits with — started at the beginning of the module so it overlaps
-the single-process cases.
+as they were. Each calls `alignkit.cli.main(argv)` in this process (conftest's run_cli: a fresh process
+pays ~12 s importing torch, peft and transformers before even a recipe is validated). PROCESS_CASES run
+again as real `python -m alignkit.cli` / `alignkit` processes, one after another in a thread started with
+the module so they overlap the in-process cases: the exit status and stderr of the process itself.
 """
 
 from __future__ import annotations
@@ -16,14 +15,16 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import CLI_ENV, CliResult
+
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 SENTINEL = b"an earlier run's notes\n"
 MSG = {"messages": [{"role": "user", "content": "Where is Bresbis?"}, {"role": "assistant", "content": "Eastvale."}]}
 
@@ -357,60 +358,6 @@ def _tree(folder: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
-DRIVER = """
-import json, sys, traceback
-from alignkit.cli import main
-for case in json.load(open(sys.argv[1])):
-    sys.stderr.write("\\n@@case " + case["id"] + "\\n"); sys.stderr.flush()
-    try:
-        rc = main(case["argv"])
-    except SystemExit as exc:
-        rc = exc.code
-    except BaseException:
-        traceback.print_exc(); rc = "exception"
-    sys.stderr.flush(); sys.stderr.write("\\n@@rc " + str(rc) + "\\n"); sys.stderr.flush()
-"""
-
-
-class HeavyBatch:
-    """The stage-level cases in one process, started at once and read when the first of them is checked."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.before: dict[str, dict[str, bytes]] = {}
-        self.trees: dict[str, dict[str, bytes | None]] = {}
-        plan = []
-        for case in HEAVY:
-            argv, d = _prepare(case, root)
-            self.before[case.id] = _snapshot(d / "out")
-            self.trees[case.id] = _tree(d)
-            plan.append({"id": case.id, "argv": argv})
-        (root / "plan.json").write_text(json.dumps(plan))
-        env = {**ENV, "HF_DATASETS_CACHE": str(root / "hf_datasets_cache")}
-        self.proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(root / "plan.json")], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.results: dict[str, tuple[object, str]] | None = None
-
-    def result(self, case_id: str) -> tuple[object, str]:
-        if self.results is None:
-            _, err = self.proc.communicate(timeout=300)
-            self.results = {}
-            for chunk in err.split("\n@@case ")[1:]:
-                name, _, rest = chunk.partition("\n")
-                body, _, rc = rest.rpartition("\n@@rc ")
-                self.results[name] = (int(rc) if rc.strip().isdigit() else rc.strip(), body)
-        return self.results.get(case_id, ("did not run", ""))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def heavy(tmp_path_factory: pytest.TempPathFactory) -> HeavyBatch:
-    batch = HeavyBatch(tmp_path_factory.mktemp("heavy"))
-    yield batch
-    if batch.proc.poll() is None:
-        batch.proc.kill()
-        batch.proc.communicate()
-
-
 def _check(case: Case, rc: object, stderr: str, d: Path, before: dict[str, bytes]) -> None:
     assert "Traceback" not in stderr, stderr
     assert rc == 2, stderr
@@ -425,26 +372,108 @@ def _check(case: Case, rc: object, stderr: str, d: Path, before: dict[str, bytes
     assert not (d / "pwned").exists()
 
 
+def _run(case: Case, root: Path, run_cli) -> None:
+    """Run one case in this process and check its message, exit status and the files it must not touch."""
+    argv, d = _prepare(case, root)
+    before, tree = _snapshot(d / "out"), _tree(d)
+    done: CliResult = run_cli(argv)
+    _check(case, done.code, done.err, d, before)
+    if not case.heavy:
+        assert _snapshot(d / "out") == before, "recipe validation must not touch output_dir"
+    if case.untouched:
+        assert _tree(d) == tree, "the preflight must not create, change or remove anything"
+    if case.id == "finished_run_in_output_dir":
+        assert _snapshot(d / "out") == before, "a finished run must keep its bytes"
+
+
 @pytest.mark.parametrize("case", LIGHT, ids=lambda c: c.id)
-def test_recipe_error_is_one_line(case: Case, tmp_path: Path) -> None:
-    argv, d = _prepare(case, tmp_path)
-    before = _snapshot(d / "out")
-    done = subprocess.run([sys.executable, "-m", "alignkit.cli", *argv], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=60)
-    _check(case, done.returncode, done.stderr, d, before)
-    assert _snapshot(d / "out") == before, "recipe validation must not touch output_dir"
+def test_recipe_error_is_one_line(case: Case, tmp_path: Path, run_cli) -> None:
+    _run(case, tmp_path, run_cli)
 
 
 @pytest.mark.parametrize("case", HEAVY, ids=lambda c: c.id)
-def test_stage_input_error_is_one_line(case: Case, heavy: HeavyBatch) -> None:
-    rc, stderr = heavy.result(case.id)
-    d = heavy.root / case.id
-    _check(case, rc, stderr, d, heavy.before[case.id])
+def test_stage_input_error_is_one_line(case: Case, tmp_path: Path, run_cli) -> None:
+    _run(case, tmp_path, run_cli)
+
+
+# A few cases again as their own processes, through both ways of starting alignkit: recipe validation, a
+# stage's data check (datasets logs on stderr too), and a Hub id with HF_HUB_OFFLINE read from the real
+# environment (in this process run_cli sets huggingface_hub's copy). Each costs a fresh ~12 s import.
+SCRIPT = str(Path(sys.executable).with_name("alignkit"))
+PROCESS_CASES = {"unknown_key": [sys.executable, "-m", "alignkit.cli"], "malformed_json_line": [SCRIPT],
+                 "hub_model_offline": [sys.executable, "-m", "alignkit.cli"]}
+
+
+class Processes:
+    """Selected PROCESS_CASES run one at a time in a thread (one core; the other runs the in-process cases)."""
+
+    def __init__(self, root: Path, case_ids: list[str]):
+        self.root = root
+        self.prepared = {}
+        for case_id in case_ids:
+            argv, d = _prepare(CASES[case_id], root)
+            self.prepared[case_id] = (argv, d, _snapshot(d / "out"), _tree(d))
+        self.results: dict[str, tuple[int, str, str] | str] = {}
+        self.stopped = False
+        self.current: subprocess.Popen[str] | None = None
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run_all, daemon=True)
+        self.thread.start()
+
+    def _run_all(self) -> None:
+        env = {**os.environ, **CLI_ENV, "HF_DATASETS_CACHE": str(self.root / "hf_datasets_cache")}
+        for case_id, (argv, *_) in self.prepared.items():
+            try:
+                with self.lock:
+                    if self.stopped:
+                        return
+                    self.current = subprocess.Popen([*PROCESS_CASES[case_id], *argv], cwd=REPO, env=env, text=True,
+                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                out, err = self.current.communicate(timeout=180)
+                self.results[case_id] = (self.current.returncode, out, err)
+            except Exception as exc:  # reported by the case's test, not lost in the thread
+                self.results[case_id] = repr(exc)
+                if self.current is not None:
+                    self.current.kill()
+                    self.current.communicate()
+
+    def result(self, case_id: str) -> tuple[int, str, str]:
+        self.thread.join(timeout=180 * len(self.prepared))
+        done = self.results.get(case_id)
+        if not isinstance(done, tuple):
+            raise AssertionError(f"{case_id}: the process did not finish: {done}")
+        return done
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            if self.current is not None and self.current.poll() is None:
+                self.current.kill()
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def processes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    """Start the selected process cases with the module, so they overlap its in-process cases."""
+    params = [getattr(getattr(item, "callspec", None), "params", {}) for item in request.session.items
+              if getattr(item, "module", None) is request.module]
+    selected = [p["case_id"] for p in params if "case_id" in p]
+    runner = Processes(tmp_path_factory.mktemp("processes"), selected)
+    yield runner
+    runner.stop()
+
+
+@pytest.mark.parametrize("case_id", PROCESS_CASES)
+def test_process_exits_2_with_one_line(case_id: str, processes: Processes) -> None:
+    returncode, stdout, stderr = processes.result(case_id)
+    case = CASES[case_id]
+    _, d, before, tree = processes.prepared[case_id]
+    _check(case, returncode, stderr, d, before)
+    assert stdout == ""
     if case.untouched:
-        assert _tree(d) == heavy.trees[case.id], "the preflight must not create, change or remove anything"
-    if case.id == "finished_run_in_output_dir":
-        assert _snapshot(d / "out") == heavy.before[case.id], "a finished run must keep its bytes"
+        assert _tree(d) == tree, "the preflight must not create, change or remove anything"
 
 
 def test_cases_are_many_and_named_uniquely() -> None:
     assert len(CASES) == len(LIGHT) + len(HEAVY) >= 30 + 27
+    assert set(PROCESS_CASES) <= set(CASES)

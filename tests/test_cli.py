@@ -1,35 +1,35 @@
-"""The command line: every shipped recipe validates; user errors are one line, exit 2, no traceback."""
+"""The command line: every shipped recipe validates; user errors are one line, exit 2, no traceback.
+
+`alignkit.cli.main` runs in this process (conftest's run_cli); tests/test_bad_input.py runs a few
+cases as real processes, and the run.py script entry point below is one too.
+"""
 
 import subprocess
 import sys
+from pathlib import Path
 
-RUN = [sys.executable, "-m", "alignkit.cli"]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=120)
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_every_shipped_recipe_validates():
-    done = cli("validate", "recipes/")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert " 0 invalid" in done.stdout
+def test_every_shipped_recipe_validates(run_cli):
+    done = run_cli(["validate", "recipes/"])
+    assert done.code == 0, done.out + done.err
+    assert " 0 invalid" in done.out
 
 
-def test_user_error_is_one_line_exit_2(tmp_path):
+def test_user_error_is_one_line_exit_2(tmp_path, run_cli):
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage: sft\noutput_dir: x\nmodel: {name_or_path: data/models/tiny-base}\n"
                    "data: {datasets: [{path: data/world/sft.jsonl}]}\ntrain: {learnin_rate: 1}\n")
-    done = cli("train", str(bad))
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
+    done = run_cli(["train", str(bad)])
+    assert done.code == 2
+    assert "Traceback" not in done.err
+    assert done.err.strip().splitlines()[-1] == (
         f"alignkit: error: {bad}: train.learnin_rate: unknown key; did you mean learning_rate?")
 
 
 def test_run_py_entry_point_takes_overrides(tmp_path):
     done = subprocess.run([sys.executable, "alignkit/run.py", "recipes/pretrain_tiny.yaml", "train.bogus=1"],
-                          capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "train.bogus: unknown key" in done.stderr
-

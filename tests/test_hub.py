@@ -1,6 +1,7 @@
 """`alignkit push` against a local HTTP server speaking the Hub API that huggingface_hub uses
-(create repo, preupload, NDJSON commit): the real client, no patches. The token must reach the
-Authorization header and nowhere else (run folder, card, logs)."""
+(create repo, preupload, NDJSON commit): the real client in its own `python -m alignkit.cli` process, no
+patches. The token must reach the Authorization header and nowhere else (run folder, card, logs). The
+refusals before any request run in-process, with huggingface_hub's import-time settings pointed the same way."""
 
 from __future__ import annotations
 
@@ -164,20 +165,27 @@ def test_push_needs_a_repo_id(finished_run: Path) -> None:
     ({"HF_TOKEN": None}, "alignkit push: no Hugging Face token: set HF_TOKEN or run `hf auth login`"),
     ({"HF_HUB_OFFLINE": "1"}, "alignkit push: cannot push in offline mode (HF_HUB_OFFLINE=1); unset it to upload"),
 ], ids=["no_token", "offline"])
-def test_push_without_hub_access_is_one_line(finished_run: Path, hub_server: Any, tmp_path: Path,
-                                             env_change: dict[str, str | None], message: str) -> None:
-    """Regression: both used to end in a huggingface_hub traceback; now one line before any request."""
+def test_push_without_hub_access_is_one_line(finished_run: Path, hub_server: Any, tmp_path: Path, run_cli: Any,
+                                             monkeypatch: pytest.MonkeyPatch, env_change: dict[str, str | None],
+                                             message: str) -> None:
+    """Regression: both used to end in a huggingface_hub traceback; now one line before any request.
+
+    In this process (a fresh one costs ~12 s of imports): huggingface_hub read HF_ENDPOINT and HF_HOME at
+    import, so its copies point at the fake Hub and an empty home (no login token) here too.
+    """
+    import huggingface_hub.constants
+
     host, port = hub_server.server_address
-    env = {**os.environ, "HF_ENDPOINT": f"http://{host}:{port}", "HF_TOKEN": TOKEN,
-           "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1"}
-    env.pop("HF_HUB_OFFLINE", None)
-    env.pop("TRANSFORMERS_OFFLINE", None)
-    for key, value in env_change.items():
-        env.pop(key, None) if value is None else env.__setitem__(key, value)
-    done = subprocess.run([sys.executable, "-m", "alignkit.cli", "push", str(finished_run)],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == f"alignkit: error: {message}"
+    home = tmp_path / "hf_home"
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://{host}:{port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    env = {"HF_ENDPOINT": f"http://{host}:{port}", "HF_TOKEN": TOKEN, "HF_HOME": str(home),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1", "HF_HUB_OFFLINE": None,
+           "HF_DATASETS_OFFLINE": None, "TRANSFORMERS_OFFLINE": None, **env_change}
+    done = run_cli(["push", str(finished_run)], env=env)
+    assert done.code == 2, done.err
+    assert "Traceback" not in done.err
+    assert done.err.strip().splitlines()[-1] == f"alignkit: error: {message}"
     assert FakeHub.requests == []
     assert not (finished_run / "hub.json").exists()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +15,6 @@ from alignkit.errors import AlignkitError
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "alignkit"
 TOKEN = "hf_FAKEtoken1234567890abcdef"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-       "HF_DATASETS_OFFLINE": "1", "HF_TOKEN": TOKEN}
 
 
 def _calls(name: str) -> list[tuple[Path, ast.Call]]:
@@ -94,33 +89,30 @@ def test_every_torch_load_is_weights_only() -> None:
 
 @pytest.mark.parametrize("override", [f"hub.repo_id=me/{TOKEN}", f"train.trainer_kwargs.run_name={TOKEN}",
                                       f"train.trainer_kwargs.hub_token={TOKEN}"])
-def test_token_pasted_into_a_recipe_is_refused_without_echo(override: str, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "alignkit.cli", "train", "recipes/sft_lora.yaml",
-                           f"output_dir={tmp_path / 'run'}", override], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 2
+def test_token_pasted_into_a_recipe_is_refused_without_echo(override: str, tmp_path: Path, run_cli: Any) -> None:
+    done = run_cli(["train", "recipes/sft_lora.yaml", f"output_dir={tmp_path / 'run'}", override],
+                   env={"HF_TOKEN": TOKEN})
+    assert done.code == 2
     key = override.split("=")[0]
-    assert done.stderr.splitlines()[-1] == (
+    assert done.err.splitlines()[-1] == (
         f"alignkit: error: recipes/sft_lora.yaml: {key}: looks like an access token; tokens are read from the "
         "environment (HF_TOKEN), never from a recipe")
-    assert TOKEN not in done.stdout + done.stderr
+    assert TOKEN not in done.out + done.err
     assert not (tmp_path / "run").exists()
 
 
-def test_tiny_sft_run_writes_safetensors_and_no_token(tmp_path: Path) -> None:
+def test_tiny_sft_run_writes_safetensors_and_no_token(tmp_path: Path, run_cli: Any) -> None:
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "alignkit.cli", "train", "recipes/sft_lora.yaml", f"output_dir={out}",
-         "train.max_steps=2", "train.per_device_train_batch_size=2", "data.datasets.0.max_samples=8",
-         "data.eval_split_size=0", "train.logging_steps=1", "train.save_steps=2", "model.max_length=64",
-         "train.report_to=[tensorboard]", "hub.repo_id=me/tiny-sft"],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli(["train", "recipes/sft_lora.yaml", f"output_dir={out}", "train.max_steps=2",
+                    "train.per_device_train_batch_size=2", "data.datasets.0.max_samples=8", "data.eval_split_size=0",
+                    "train.logging_steps=1", "train.save_steps=2", "model.max_length=64",
+                    "train.report_to=[tensorboard]", "hub.repo_id=me/tiny-sft"], env={"HF_TOKEN": TOKEN})
+    assert done.code == 0, done.err[-3000:]
     files = [p for p in out.rglob("*") if p.is_file()]
     names = {p.name for p in files}
     assert "adapter_model.safetensors" in {p.name for p in (out / "model").iterdir()}
     assert not names & {"pytorch_model.bin", "adapter_model.bin"}
     assert any(p.suffix == ".safetensors" for p in (out / "checkpoints").rglob("*"))
-    assert TOKEN not in done.stdout + done.stderr
+    assert TOKEN not in done.out + done.err
     leaked = [str(p.relative_to(out)) for p in files if TOKEN.encode() in p.read_bytes()]
     assert not leaked, leaked
