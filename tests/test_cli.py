@@ -4,6 +4,7 @@
 cases as real processes, and the run.py script entry point below is one too.
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,15 @@ def test_run_py_entry_point_takes_overrides(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "train.bogus: unknown key" in done.stderr
+
+
+def test_a_recipe_typo_is_reported_before_torch_loads(tmp_path):
+    """`alignkit train` validates the recipe before importing the lifecycle (torch, ~10 s): typos answer at once."""
+    code = ("import sys\nfrom alignkit.cli import main\n"
+            "try:\n    code = main(['train', 'recipes/pretrain_tiny.yaml', 'train.bogus=1'])\n"
+            "except SystemExit as exc:\n    code = exc.code\n"
+            "print('exit', code, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert "train.bogus: unknown key" in done.stderr
+    assert done.stdout.strip() == "exit 2 False"

@@ -17,10 +17,17 @@ ACCELERATE_KEYS = {"compute_environment", "distributed_type", "num_processes", "
 
 
 def train(recipe_path: str, overrides: list[str], force: list[str] | None = None) -> dict[str, Any]:
-    """`alignkit train`: run one recipe through the stage lifecycle (imported now: it loads torch)."""
-    from alignkit.stages.lifecycle import train as run_recipe_file
+    """`alignkit train`: validate the recipe, then run it through the stage lifecycle.
 
-    return run_recipe_file(recipe_path, overrides, force=force)
+    The recipe is validated before the lifecycle is imported (that loads torch, ~10 s), so a typo in
+    a key or value is its one-line error in about a second.
+    """
+    from alignkit.config.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, overrides)
+    from alignkit.stages.lifecycle import run_recipe
+
+    return run_recipe(recipe, recipe_path, force=force)
 
 
 def validate(paths: list[str]) -> int:

@@ -9,7 +9,7 @@ from accelerate import PartialState
 from transformers import set_seed
 
 from alignkit.config.base import resolve_precision
-from alignkit.config.recipe import Recipe, load_recipe
+from alignkit.config.recipe import Recipe
 from alignkit.config.registry import stage_spec
 from alignkit.hub import push_run
 from alignkit.preflight import preflight
@@ -17,11 +17,6 @@ from alignkit.runio import RunDir, disk_full_as_error
 from alignkit.stages import run_function
 
 log = logging.getLogger("alignkit")
-
-
-def train(recipe_path: str, overrides: list[str], force: list[str] | None = None) -> dict[str, Any]:
-    """Run one recipe file: validate, prepare the run folder, run the stage, write the completion marker last."""
-    return run_recipe(load_recipe(recipe_path, overrides), recipe_path, force=force)
 
 
 def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None) -> dict[str, Any]:
