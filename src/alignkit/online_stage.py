@@ -44,6 +44,7 @@ from alignkit.rl.prompts import load_prompts
 from alignkit.rl.rewards import RewardFn, import_reward_fn, oracle_reward_fn, scorer_reward_fn
 from alignkit.rl.trainer import RLConfig, RLTrainer
 from alignkit.runio import MetricsLogger, RunDir, atomic_dir, read_metrics
+from alignkit.trainer_utils import peak_memory_mb
 from alignkit.world import oracle
 
 log = logging.getLogger("alignkit.rl")
@@ -163,7 +164,7 @@ def summarize(history: list[dict[str, float]], seconds: float, mode: str) -> dic
         "kl_final": avg("objective/kl"), "eos_rate_final": avg("val/eos_rate"),
         "response_length_final": avg("val/response_length"),
         "seconds_per_step": avg("timing/step_s", history), "generate_share": avg("timing/generate_share", history),
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(seconds, 1), "peak_memory_mb": peak_memory_mb(),
     }
 
 

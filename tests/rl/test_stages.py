@@ -33,6 +33,7 @@ def test_stage_writes_a_loadable_policy_and_checkpoints_with_kl(stage, tmp_path)
         f"{stage}.total_episodes=16", f"{stage}.rollout_batch_size=8", f"{stage}.mini_batch_size=8",
         f"{stage}.max_new_tokens=8", f"{stage}.save_every=1", "train.report_to=[]"])
     assert metrics["rollouts"] == 2 and metrics["reference"] == "adapter_disabled"
+    assert metrics["peak_memory_mb"] > 100  # resident set of a process that loaded torch and the models
     rows = read_metrics(out / "metrics.jsonl")
     assert len(rows) == 2 and all(set(SHARED) <= set(r) for r in rows)
     assert all(0.0 <= r["objective/scores"] <= 1.0 for r in rows)  # the oracle's rubric score
