@@ -72,6 +72,8 @@ def test_end_to_end_two_models_oracle_then_another_judge_without_regenerating(tm
                                  "distinct_1", "distinct_2", "sample_entropy", "reward_mean"}
     assert rows["base-chat"]["kl_to_ref"] is not None and rows["base"]["kl_to_ref"] is None
     assert rows["base"]["sample_entropy"] is not None
+    # 4 of the first 8 world prompts ask about unknown names: the eval stage's rubric gives each model's rate
+    assert all(0.0 <= r["hallucination_rate"] <= 1.0 for r in rows.values())
     assert "win_rate/base_vs_random" in metrics and "rating/base" in metrics
     assert rows["random"]["mean_length"] <= 12 and len(rows["random"]["mean_length_ci"]) == 2
     assert "## Win rates" in capsys.readouterr().out

@@ -340,7 +340,7 @@ def judge_pairs(judge: Judge, rows: Sequence[dict[str, Any]], outputs: dict[str,
 # ---- statistics and report ----------------------------------------------------------------------------
 
 def model_row(out: ModelOutputs, rows: Sequence[dict[str, Any]], judge: Judge, rewards: list[float] | None,
-              kl: float | None, n_boot: int, seed: int) -> dict[str, Any]:
+              kl: float | None, n_boot: int, seed: int, rubric: Rubric | None) -> dict[str, Any]:
     """One model's line in the report: length, EOS rate, judge and reward scores, KL, diversity."""
     lengths = [r["n_tokens"] for r in out.main]
     judged = [judge.score(row, rec) for row, rec in zip(rows, out.main, strict=True)]
@@ -353,7 +353,8 @@ def model_row(out: ModelOutputs, rows: Sequence[dict[str, Any]], judge: Judge, r
         "mean_length": float(np.mean(lengths)), "mean_length_ci": list(stats.bootstrap_ci(lengths, n_boot=n_boot,
                                                                                             seed=seed)),
         "eos_rate": float(np.mean([r["ended"] for r in out.main])),
-        "hallucination_rate": None,  # set by run() from the rubric (the world's honesty prompts)
+        # answers to the world's unknown-name prompts that state a value; None for other prompt sets
+        "hallucination_rate": rubric.hallucination_rate(rows, out.main) if rubric else None,
         "judge_score": float(np.mean(judged)) if None not in judged else None,
         "reward_mean": float(np.mean(rewards)) if rewards else None,
         "reward_ci": list(stats.bootstrap_ci(rewards, n_boot=n_boot, seed=seed)) if rewards else None,
@@ -378,7 +379,7 @@ def pair_rows(judgments: list[dict[str, Any]], pairs: Sequence[tuple[str, str]],
 
 def build_report(section: EvalSection, rows: list[dict[str, Any]], outputs: dict[str, ModelOutputs],
                  judgments: list[dict[str, Any]], pairs: list[tuple[str, str]], judge: Judge,
-                 rewards: dict[str, list], kls: dict[str, float], seed: int) -> dict[str, Any]:
+                 rewards: dict[str, list], kls: dict[str, float], seed: int, rubric: Rubric | None) -> dict[str, Any]:
     """The report dict in `alignkit.eval.report`'s schema."""
     n_boot = section.n_bootstrap
     return {
@@ -390,7 +391,7 @@ def build_report(section: EvalSection, rows: list[dict[str, Any]], outputs: dict
                  "warnings": [f"{o.truncated_prompts} of {len(rows)} prompts of {name} were cut from the left "
                               f"to fit its context of {o.context} tokens"
                               for name, o in outputs.items() if o.truncated_prompts]},
-        "models": [model_row(out, rows, judge, rewards.get(name), kls.get(name), n_boot, seed)
+        "models": [model_row(out, rows, judge, rewards.get(name), kls.get(name), n_boot, seed, rubric)
                    for name, out in outputs.items()],
         "pairs": pair_rows(judgments, pairs, n_boot, seed),
         "ratings": stats.bradley_terry(judgments, n_boot=n_boot, seed=seed),
@@ -462,10 +463,7 @@ def run(recipe: Any, run_dir: RunDir, recipe_path: str, rubric: Rubric | None = 
     atomic_write_text(run_dir.path / "judgments.jsonl", "".join(json.dumps(j) + "\n" for j in judgments))
     timing["judging_s"] = time.time() - t
     t = time.time()
-    report = build_report(section, rows, outputs, judgments, pairs, judge, rewards, kls, recipe.seed)
-    for row in report["models"]:
-        # share of answers to the world's unknown-name prompts that state a value; None for other prompt sets
-        row["hallucination_rate"] = rubric.hallucination_rate(rows, outputs[row["name"]].main) if rubric else None
+    report = build_report(section, rows, outputs, judgments, pairs, judge, rewards, kls, recipe.seed, rubric)
     timing["statistics_s"] = time.time() - t
     if section.ppo_run:
         t = time.time()
