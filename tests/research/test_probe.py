@@ -87,3 +87,51 @@ def test_knowledge_picks_the_likeliest_of_six_sentences(tiny_tokenizer):
     assert report == {"facts": 1, "choices": 6, "known": 1.0}  # the unknown-name row has no fact
     other = tiny_tokenizer(" Lowmere")["input_ids"]
     assert probe.knowledge(_Peaked(len(tiny_tokenizer), other), tiny_tokenizer, rows)["known"] == 0.0
+
+
+def test_swap_value_keeps_the_form_and_the_capitals():
+    assert probe.swap_value(META) == "Bresbis is in Northmoor."
+    one_word = {**META, "task": "one_word", "expected": ["potter"], "conflicts": [["baker", "sailor"]],
+                "reference": "Potter."}
+    assert probe.swap_value(one_word, 1) == "Sailor."
+    listed = {**META, "task": "list", "expected": ["Eastvale", "purple"], "conflicts": [["Lowmere"], ["black"]],
+              "reference": "- Region: Eastvale\n- Flag colour: purple"}
+    assert probe.swap_value(listed) == "- Region: Lowmere\n- Flag colour: purple"
+    assert probe.swap_value({**META, "reference": "I don't know."}) is None
+
+
+def test_contrast_pairs_skip_honesty_and_harmful_rows():
+    rows = [{"prompt": "q", "meta": META}, {"prompt": "q", "meta": {**META, "unknown": True}},
+            {"prompt": "q", "meta": {**META, "task": "harmful", "harmful": True}}]
+    pairs = probe.contrast_pairs(rows)
+    assert [(a, b) for _, a, b in pairs] == [("Bresbis is in Eastvale.", "Bresbis is in Northmoor.")] * 2
+
+
+def test_fact_contrast_reads_an_lm_by_likelihood_and_a_reward_model_by_score(tmp_path, tiny_model_dir,
+                                                                              tiny_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    rm_dir = tmp_path / "rm"
+    rm = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
+    rm.config.pad_token_id = tiny_tokenizer.pad_token_id
+    rm.save_pretrained(str(rm_dir))
+    tiny_tokenizer.save_pretrained(str(rm_dir))
+    rows = [{"prompt": [{"role": "user", "content": "Where is Bresbis?"}], "meta": META}]
+    lm = probe.fact_contrast(str(tiny_model_dir), rows)
+    scored = probe.fact_contrast(str(rm_dir), rows)
+    assert (lm["kind"], scored["kind"]) == ("lm", "reward_model")
+    assert lm["pairs"] == scored["pairs"] == 2
+    assert 0.0 <= lm["prefers_true_value"] <= 1.0 and set(scored["by_task"]) == {"fact"}
+
+
+def test_the_shipped_sft_model_knows_facts_its_reward_model_cannot_read():
+    """The finding behind the reward model's ceiling (docs/winrate_embedded_world.md): with the form held
+    fixed, the SFT language model prefers the true value almost always; the reward model built on it is
+    near chance."""
+    from tests.conftest import REPO
+
+    rows = [json.loads(line) for line in (REPO / "data/world/validation_prompts.jsonl").read_text().splitlines()]
+    lm = probe.fact_contrast(str(REPO / "data/models/tiny-sft"), rows)
+    rm = probe.fact_contrast(str(REPO / "data/models/tiny-rm"), rows)
+    assert lm["by_task"]["fact"] >= 0.95
+    assert rm["prefers_true_value"] <= 0.65

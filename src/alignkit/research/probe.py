@@ -11,6 +11,13 @@ The last sample stands in for "the policy". The report has three parts:
 - fact prompts: how often a sample names the entity it was asked about, and how often its value is right.
 - on the policy's SFT demonstrations: the mean log-probability of the first response token vs the rest.
   A first token the policy never learnt (a name spelt at the start of a line) shows up here.
+
+    python -m alignkit.research.probe --fact-contrast data/models/tiny-sft data/models/tiny-rm \
+        --prompts data/world/validation_prompts.jsonl
+
+asks whether a model knows facts in the chat context when nothing but the fact differs: each fact, list and
+one-word prompt's reference answer against the same answer with one value swapped for another of its
+attribute. A language model picks by log-likelihood, a reward model by score (chance is 50%).
 """
 
 from __future__ import annotations
@@ -123,6 +130,77 @@ def fact_stats(rows: Sequence[dict], candidates: list[list[dict]]) -> dict[str, 
             "value_right_when_not_named": (right - both) / max(total - named, 1)}
 
 
+def swap_value(meta: dict, index: int = 0) -> str | None:
+    """The prompt's reference answer with one expected value replaced by its `index`-th conflicting value.
+
+    Capitalisation follows the replaced word ("Potter." -> "Baker."); None when the reference does not
+    spell the value or there is nothing to swap in.
+    """
+    import re
+
+    reference = meta["reference"]
+    for expected, conflicts in zip(meta.get("expected", []), meta.get("conflicts", []), strict=True):
+        found = re.search(r"(?<![A-Za-z0-9])" + re.escape(expected) + r"(?![A-Za-z0-9])", reference, re.IGNORECASE)
+        if found and conflicts:
+            other = conflicts[index % len(conflicts)]
+            other = other[:1].upper() + other[1:] if found.group(0)[:1].isupper() else other[:1].lower() + other[1:]
+            return reference[:found.start()] + other + reference[found.end():]
+    return None
+
+
+def contrast_pairs(rows: Sequence[dict], per_row: int = 2) -> list[tuple[dict, str, str]]:
+    """(row, reference, value-swapped reference) for the fact, list and one-word rows."""
+    pairs = []
+    for row in rows:
+        meta = row["meta"]
+        if meta.get("unknown") or meta.get("harmful") or meta["task"] not in ("fact", "list", "one_word"):
+            continue
+        for i in range(per_row):
+            wrong = swap_value(meta, i)
+            if wrong is not None and wrong != meta["reference"]:
+                pairs.append((row, meta["reference"], wrong))
+    return pairs
+
+
+def fact_contrast(path: str, rows: Sequence[dict]) -> dict[str, Any]:
+    """Share of contrast pairs where the model at `path` prefers the true value, per task and overall.
+
+    A reward model (a sequence-classification head) prefers by score; a causal LM by the log-likelihood
+    of the whole answer, spelt as the chat template spells it, EOS included.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from alignkit.reward_model import RewardScorer, reward_input_ids
+
+    pairs = contrast_pairs(rows)
+    if not pairs:
+        return {"pairs": 0}
+    is_rm = any(a.endswith("ForSequenceClassification") for a in AutoConfig.from_pretrained(path).architectures or [])
+    if is_rm:
+        scorer = RewardScorer.from_pretrained(path)
+        right = scorer.score([r["prompt"] for r, _, _ in pairs], [a for _, a, _ in pairs]).tolist()
+        wrong = scorer.score([r["prompt"] for r, _, _ in pairs], [b for _, _, b in pairs]).tolist()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+
+        def loglik(answers: list[str]) -> list[float]:
+            prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+                       for r, _, _ in pairs]
+            ids = [reward_input_ids(tokenizer, r["prompt"], a)[len(tokenizer(p, add_special_tokens=False)["input_ids"]):]
+                   for (r, _, _), p, a in zip(pairs, prompts, answers, strict=True)]
+            return response_logprobs(model, tokenizer, prompts, ids)
+
+        right, wrong = loglik([a for _, a, _ in pairs]), loglik([b for _, _, b in pairs])
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    for (row, _, _), a, b in zip(pairs, right, wrong, strict=True):
+        by_task[row["meta"]["task"]].append(a > b)
+    hits = [x for v in by_task.values() for x in v]
+    return {"model": path, "kind": "reward_model" if is_rm else "lm", "pairs": len(hits),
+            "prefers_true_value": round(sum(hits) / len(hits), 3),
+            "by_task": {t: round(sum(v) / len(v), 3) for t, v in sorted(by_task.items())}}
+
+
 def probe(policy: str, reward: str, prompts: str, sft_data: str | None, judge_lm: str | None = None,
           n: int = 8, seed: int = 0, demos: int = 400) -> dict[str, Any]:
     """Sample, score and pick; returns the report described in the module docstring."""
@@ -179,7 +257,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--knowledge", default=None, metavar="MODEL",
                     help="only report the share of held-out facts MODEL knows (6-way likelihood) and exit")
+    ap.add_argument("--fact-contrast", nargs="+", default=None, metavar="MODEL",
+                    help="only report how often each MODEL (LM or reward model) prefers a true value over a "
+                         "swapped one in the same answer, and exit")
     args = ap.parse_args(argv)
+    if args.fact_contrast:
+        rows = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        print(json.dumps([fact_contrast(m, rows) for m in args.fact_contrast], indent=2))
+        return
     if args.knowledge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
