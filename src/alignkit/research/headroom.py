@@ -1,0 +1,111 @@
+"""Where a policy wins and loses against another, per task and rubric part, with the sampling noise averaged out.
+
+    python -m alignkit.research.headroom data/models/tiny-sft data/models/tiny-ppo data/models/tiny-ppo@0.5 \
+        [--prompts data/world/validation_prompts.jsonl] [--samples 8] [--out headroom.json]
+
+Samples `--samples` responses per prompt from each model (MODEL@T samples at temperature T, default 1.0, the
+eval recipes' setting), scores them with the world's oracle and reports, per task: the mean of each rubric
+part and the share of perfect answers. Every model after the first is compared with the first by its
+expected win rate: over all sample pairs of a prompt, a win counts 1 and a tie half, averaged over prompts.
+One sampled answer per prompt (what the eval report judges) is a noisy draw of that number; this is the
+number itself. Use it on the validation prompts, never to tune on the eval set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from alignkit.eval.stats import SCORE
+from alignkit.world import oracle
+from alignkit.world.generator import write_atomic
+
+PARTS = ("total", "correct", "format", "concise", "harmless", "ends")
+
+
+def parse_model(spec: str) -> tuple[str, float]:
+    """"path@T" -> (path, T); a bare path samples at temperature 1.0."""
+    path, sep, temp = spec.rpartition("@")
+    if not sep or not path:
+        return spec, 1.0
+    try:
+        return path, float(temp)
+    except ValueError:
+        return spec, 1.0
+
+
+def task_table(rows: Sequence[dict], scores: Sequence[Sequence[oracle.OracleScore]]) -> dict[str, dict[str, float]]:
+    """Per task: each rubric part's mean and the share of perfect answers; scores[sample][prompt]."""
+    parts: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for sample in scores:
+        for row, sc in zip(rows, sample, strict=True):
+            cell = parts[row["meta"]["task"]]
+            for p in PARTS:
+                cell[p].append(getattr(sc, p))
+            cell["perfect"].append(float(sc.total >= 1.0 - oracle.TIE_EPS))
+    return {t: {p: round(statistics.fmean(v), 3) for p, v in cell.items()} for t, cell in sorted(parts.items())}
+
+
+def expected_win_rate(rows: Sequence[dict], a: Sequence[Sequence[oracle.OracleScore]],
+                      b: Sequence[Sequence[oracle.OracleScore]]) -> dict[str, float]:
+    """Expected win rate of a over b, overall and per task: every sample of a against every sample of b."""
+    per_task: dict[str, list[float]] = defaultdict(list)
+    for j, row in enumerate(rows):
+        wins = [SCORE[oracle.verdict(sa[j].total, sb[j].total)] for sa in a for sb in b]
+        per_task[row["meta"]["task"]].append(statistics.fmean(wins))
+    every = [w for ws in per_task.values() for w in ws]
+    return {"all": round(statistics.fmean(every), 3), **{t: round(statistics.fmean(v), 3)
+                                                        for t, v in sorted(per_task.items())}}
+
+
+def sample_scores(spec: str, rows: Sequence[dict], samples: int, seed: int = 1000,
+                  max_new_tokens: int = 48) -> list[list[oracle.OracleScore]]:
+    """Oracle scores of `samples` sampled answers per prompt from the model `spec` (path or path@T)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignkit.eval.generate import Sampling, generate
+
+    path, temperature = parse_model(spec)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+    out = []
+    for s in range(samples):
+        done = generate(model, tokenizer, texts, Sampling(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                          batch_size=100, seed=seed + s), desc=f"{spec} {s + 1}")
+        out.append([oracle.score(r["meta"], d["text"], d["ended"]) for r, d in zip(rows, done, strict=True)])
+    return out
+
+
+def headroom(specs: Sequence[str], prompts: str, samples: int = 8, seed: int = 1000) -> dict[str, Any]:
+    """The report described in the module docstring."""
+    rows = [json.loads(line) for line in Path(prompts).read_text().splitlines() if line.strip()]
+    scores = {spec: sample_scores(spec, rows, samples, seed) for spec in specs}
+    first = specs[0]
+    return {"prompts": prompts, "n_prompts": len(rows), "samples": samples,
+            "tasks": {spec: task_table(rows, s) for spec, s in scores.items()},
+            "expected_win_rate_vs": first,
+            "expected_win_rate": {spec: expected_win_rate(rows, scores[spec], scores[first]) for spec in specs[1:]}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="model folders, each optionally @temperature; the first is the baseline")
+    ap.add_argument("--prompts", default="data/world/validation_prompts.jsonl")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    text = json.dumps(headroom(args.models, args.prompts, args.samples, args.seed), indent=2)
+    if args.out:
+        write_atomic(Path(args.out), text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

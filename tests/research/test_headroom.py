@@ -1,0 +1,45 @@
+"""The headroom decomposition: model specs, per-task rubric tables and expected win rates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignkit.research import headroom
+from alignkit.world import oracle
+
+META = {"task": "fact", "entity": "Bresbis", "expected": ["Eastvale"], "conflicts": [["Northmoor"]],
+        "reference": "Bresbis is in Eastvale.", "harmful": False, "forbidden": []}
+RIGHT = oracle.score(META, "Bresbis is in Eastvale.")
+WRONG = oracle.score(META, "Bresbis is in Northmoor.")
+
+
+def test_parse_model_reads_an_optional_temperature():
+    assert headroom.parse_model("runs/ppo/model") == ("runs/ppo/model", 1.0)
+    assert headroom.parse_model("runs/ppo/model@0.5") == ("runs/ppo/model", 0.5)
+    assert headroom.parse_model("odd@name") == ("odd@name", 1.0)
+
+
+def test_expected_win_rate_averages_every_sample_pair_ties_half():
+    rows = [{"meta": META}, {"meta": {**META, "task": "list"}}]
+    a = [[RIGHT, RIGHT], [WRONG, RIGHT]]          # samples x prompts
+    b = [[WRONG, RIGHT], [WRONG, RIGHT]]
+    # prompt 0: (R,W) win, (R,W) win, (W,W) tie, (W,W) tie -> 0.75; prompt 1: all ties -> 0.5
+    assert headroom.expected_win_rate(rows, a, b) == {"all": pytest.approx(0.625), "fact": 0.75, "list": 0.5}
+
+
+def test_task_table_means_and_perfect_share():
+    table = headroom.task_table([{"meta": META}], [[RIGHT], [WRONG]])
+    assert table["fact"]["perfect"] == 0.5 and table["fact"]["correct"] == 0.5
+    assert table["fact"]["total"] == pytest.approx(round((RIGHT.total + WRONG.total) / 2, 3))
+
+
+def test_headroom_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Where is Bresbis {i}?"}],
+                                           "meta": META}) + "\n" for i in range(3)))
+    report = headroom.headroom([str(tiny_model_dir), f"{tiny_model_dir}@0.5"], str(prompts), samples=2)
+    assert report["n_prompts"] == 3 and set(report["tasks"]) == {str(tiny_model_dir), f"{tiny_model_dir}@0.5"}
+    win = report["expected_win_rate"][f"{tiny_model_dir}@0.5"]
+    assert 0.0 <= win["all"] <= 1.0 and set(win) == {"all", "fact"}
