@@ -12,6 +12,7 @@ import torch
 
 from alignkit import reward
 from alignkit.config.recipe import validate_recipe
+from alignkit.errors import AlignkitError
 from alignkit.reward_model import (
     RewardScorer,
     centering_term,
@@ -312,9 +313,12 @@ def test_qlora_reward_model_is_saved_as_the_trained_model(tmp_path, tiny_model_d
     assert not hasattr(AutoConfig.from_pretrained(out / "model"), "quantization_config")
     saved = reward.pairwise_metrics(RewardScorer.from_pretrained(str(out / "model")),
                                     load_preference_datasets(recipe.data.eval_datasets))
+    # Merged into the 4-bit weights (re-quantized), chosen_mean was 0.45 against 0.35 measured. Dequantized
+    # and merged in floats, the model is the trained one up to the CPU's arithmetic: raw scores within 2e-3
+    # (3e-4 on an AMX/bf16 Xeon, 2e-5 before); normalize_std divides by a small std, so compare raw units.
+    tolerance = 2e-3 / metrics["reward_scale"]
     for key in ("chosen_mean", "rejected_mean", "chosen_std", "rejected_std", "margin"):
-        # Merged into the 4-bit weights (re-quantized), chosen_mean was 0.45 against 0.35 measured.
-        assert saved[key] == pytest.approx(metrics[f"heldout_{key}"], abs=2e-5), key
+        assert saved[key] == pytest.approx(metrics[f"heldout_{key}"], abs=tolerance), key
     # adapter/ records its 4-bit base, so loading it rebuilds that base (not the float one) and scores the same.
     assert json.loads((out / "adapter" / QUANT_FILE).read_text())["load_in_4bit"] is True
     adapter = reward.pairwise_metrics(RewardScorer.from_pretrained(str(out / "adapter")),
@@ -334,3 +338,37 @@ def test_reward_text_spells_the_answer_as_the_chat_template_does(tiny_tokenizer)
     assert full.startswith(text) and text.endswith("In Eastvale." + tiny_tokenizer.eos_token)
     prompt = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert response_lead(tiny_tokenizer, messages, prompt) == " "
+
+
+class _LengthScorer:
+    """Scores a response by its length: enough to check how pair accuracy is grouped."""
+
+    def score(self, prompts, responses, ended=None):
+        return torch.tensor([float(len(r)) for r in responses])
+
+
+def test_heldout_accuracy_is_also_reported_per_subset(tmp_path):
+    """reward.accuracy_by tags each held-out row with a (dotted) column's value; accuracy is split by it."""
+    from alignkit.config.base import DatasetSpec
+    from alignkit.data.preferences import load_preference_datasets
+
+    rows = [{"prompt": "q", "chosen": "a long good answer", "rejected": "short", "meta": {"kind": "long"}},
+            {"prompt": "q", "chosen": "a long good answer too", "rejected": "tiny", "meta": {"kind": "long"}},
+            {"prompt": "q", "chosen": "ok", "rejected": "a long wrong answer", "meta": {"kind": "short"}}]
+    path = write_jsonl(tmp_path / "heldout.jsonl", rows)
+    rankings = load_preference_datasets([DatasetSpec(path=str(path))], "data.eval_datasets", None, "meta.kind")
+    metrics = reward.pairwise_metrics(_LengthScorer(), rankings)
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["accuracy_by"] == {"long": {"accuracy": 1.0, "pairs": 2}, "short": {"accuracy": 0.0, "pairs": 1}}
+    assert "accuracy_by" not in reward.pairwise_metrics(_LengthScorer(), load_preference_datasets(
+        [DatasetSpec(path=str(path))]))
+    with pytest.raises(AlignkitError, match=r"heldout\.jsonl:1 \(reward\.accuracy_by\): no column 'meta\.task'"):
+        load_preference_datasets([DatasetSpec(path=str(path))], "data.eval_datasets", None, "meta.task")
+
+
+def test_model_card_shows_the_per_subset_accuracy():
+    from alignkit.modelcard import subset_table
+
+    table = subset_table({"heldout_accuracy_by": {"wrong_fact": {"accuracy": 0.125, "pairs": 8}}})
+    assert "| wrong_fact | 12.5% | 8 |" in table
+    assert subset_table({"heldout_accuracy": 0.9}) == ""

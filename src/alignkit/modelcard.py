@@ -70,6 +70,15 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(["| metric | value |", "|---|---|", *rows]) if rows else "_no metrics recorded_"
 
 
+def subset_table(metrics: dict[str, Any]) -> str:
+    """Held-out reward accuracy per subset (reward.accuracy_by) as a Markdown table, or "" without one."""
+    subsets = metrics.get("heldout_accuracy_by")
+    if not isinstance(subsets, dict) or not subsets:
+        return ""
+    rows = [f"| {k} | {v['accuracy']:.1%} | {v['pairs']} |" for k, v in subsets.items()]
+    return "\n".join(["\n## Held-out accuracy by subset\n", "| subset | accuracy | pairs |", "|---|---|---|", *rows])
+
+
 def render_card(run_dir: str | Path, repo_id: str, is_adapter: bool = False, license_id: str = "apache-2.0") -> str:
     """README.md for the Hub: YAML front matter + description, recipe (redacted), metrics, win rates."""
     rd = RunDir(run_dir)
@@ -86,6 +95,7 @@ def render_card(run_dir: str | Path, repo_id: str, is_adapter: bool = False, lic
         + (f" of `{model}`" if model else "") + (f" on {', '.join(f'`{d}`' for d in data)}" if data else "") + ".",
         "This repository holds a PEFT LoRA adapter; load it on its base model." if is_adapter else "",
         f"\n## Training metrics\n\nFinished {summary.get('finished_at', '?')}.\n\n{metrics_table(summary.get('metrics', {}))}",
+        subset_table(summary.get("metrics", {})),
     ]
     report = find_report(rd)
     if report is not None:

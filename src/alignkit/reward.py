@@ -261,7 +261,7 @@ def _stats(x: torch.Tensor) -> tuple[float, float]:
     return x.mean().item(), (x.std().item() if len(x) > 1 else 0.0)
 
 
-def pairwise_metrics(scorer: RewardScorer, rankings: list[dict]) -> dict[str, float]:
+def pairwise_metrics(scorer: RewardScorer, rankings: list[dict]) -> dict[str, Any]:
     """Accuracy (better scored above worse) over all C(K,2) pairs, mean margin, chosen/rejected score spread."""
     prompts = [r["prompt"] for r in rankings for _ in r["responses"]]
     flat = scorer.score(prompts, [resp for r in rankings for resp in r["responses"]])  # each response once
@@ -272,9 +272,16 @@ def pairwise_metrics(scorer: RewardScorer, rankings: list[dict]) -> dict[str, fl
         rejected.append(scores[worse])
     c, r = torch.cat(chosen), torch.cat(rejected)
     (c_mean, c_std), (r_mean, r_std) = _stats(c), _stats(r)
-    return {"accuracy": (c > r).float().mean().item(), "margin": (c - r).mean().item(),
-            "chosen_mean": c_mean, "chosen_std": c_std, "rejected_mean": r_mean, "rejected_std": r_std,
-            "pairs": len(c)}
+    metrics: dict[str, Any] = {
+        "accuracy": (c > r).float().mean().item(), "margin": (c - r).mean().item(),
+        "chosen_mean": c_mean, "chosen_std": c_std, "rejected_mean": r_mean, "rejected_std": r_std, "pairs": len(c)}
+    if any("subset" in row for row in rankings):  # reward.accuracy_by: per-subset accuracy and pair count
+        hits: dict[str, list[bool]] = {}
+        for row, better, worse in zip(rankings, chosen, rejected, strict=True):
+            hits.setdefault(row["subset"], []).extend((better > worse).tolist())
+        metrics["accuracy_by"] = {k: {"accuracy": round(sum(v) / len(v), 4), "pairs": len(v)}
+                                  for k, v in sorted(hits.items())}
+    return metrics
 
 
 def reference_responses(recipe: Recipe, tokenizer: Any, sample: list[dict]) -> tuple[list[str], list[bool]]:
@@ -340,7 +347,8 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
         recipe = recipe.model_copy(update={"reward": RewardSection()})
     section = recipe.reward
     train_rows = load_preference_datasets(recipe.data.datasets, "data.datasets", section.margin_column)
-    heldout = load_preference_datasets(recipe.data.eval_datasets, "data.eval_datasets", section.margin_column)
+    heldout = load_preference_datasets(recipe.data.eval_datasets, "data.eval_datasets", section.margin_column,
+                                       section.accuracy_by)
     tokenizer = load_tokenizer(recipe.model, chat=True)
     model = build_reward_model(recipe, tokenizer)
     trainer = build_trainer(recipe, model, tokenizer, to_pairs(train_rows) if section.loss == "pairwise"

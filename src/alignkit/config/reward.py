@@ -30,6 +30,9 @@ class RewardSection(Section):
     reference_max_new_tokens: int = Field(64, gt=0)
     reference_temperature: float = Field(1.0, ge=0, description="as the PPO policy samples; 0 is greedy")
     accuracy_samples: int = Field(1000, gt=0, description="training pairs scored for the (noisy) train accuracy")
+    accuracy_by: str | None = Field(
+        None, description="a column of the held-out rows (dotted for nested, e.g. meta.rejected_variant): held-out "
+        "accuracy is also reported per value, as RewardBench reports subsets")
     lm_loss_coef: float = Field(
         0.0, ge=0, description="GRM (Yang et al. 2024): + c * next-token loss on each ranking's best response, "
         "through the init model's frozen LM head, so the backbone keeps what it knew as a language model")

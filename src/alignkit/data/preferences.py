@@ -162,8 +162,18 @@ def _margin(row: dict[str, Any], column: str | None, where: str) -> float:
         raise AlignkitError(f"margin {row[column]!r} is not a number", where=where) from None
 
 
+def column_value(row: dict[str, Any], column: str, where: str) -> Any:
+    """The value of `column` in a row; a dotted name reads nested objects ("meta.task")."""
+    value: Any = row
+    for part in column.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise AlignkitError(f"no column '{column}'", where=where)
+        value = value[part]
+    return value
+
+
 def to_ranking(row: dict[str, Any], where: str, margin_column: str | None = None,
-               fmt: str = "auto") -> dict[str, Any]:
+               fmt: str = "auto", subset_column: str | None = None) -> dict[str, Any]:
     """One preference row as a ranking {prompt, responses (best first), margin}."""
     kind = detect_format(row, among=(*PREFERENCE_FORMATS, "unpaired"))  # the one format detector
     if kind == "unpaired":
@@ -179,26 +189,30 @@ def to_ranking(row: dict[str, Any], where: str, margin_column: str | None = None
     if len(set(ordered)) < len(ordered):
         what = "chosen and rejected are identical" if len(ordered) == 2 else "two ranked responses are identical"
         raise AlignkitError(what, where=where)
-    return {"prompt": prompt, "responses": ordered, "margin": _margin(row, margin_column, where)}
+    out = {"prompt": prompt, "responses": ordered, "margin": _margin(row, margin_column, where)}
+    if subset_column is not None:
+        out["subset"] = str(column_value(row, subset_column, f"{where} (reward.accuracy_by)"))
+    return out
 
 
 def load_rankings(rows: Iterable[dict[str, Any]], source: str, margin_column: str | None = None,
-                  fmt: str = "auto") -> list[dict[str, Any]]:
+                  fmt: str = "auto", subset_column: str | None = None) -> list[dict[str, Any]]:
     """All rows of a preference dataset as rankings; errors name source:row (rows count from 1)."""
-    out = [to_ranking(row, f"{source}:{i}", margin_column, fmt) for i, row in enumerate(rows, start=1)]
+    out = [to_ranking(row, f"{source}:{i}", margin_column, fmt, subset_column) for i, row in enumerate(rows, start=1)]
     if not out:
         raise AlignkitError("dataset is empty", where=source)
     return out
 
 
 def load_preference_datasets(specs: list[DatasetSpec], where: str = "data.datasets",
-                             margin_column: str | None = None) -> list[dict[str, Any]]:
-    """Every dataset of a recipe list as rankings, concatenated."""
+                             margin_column: str | None = None, subset_column: str | None = None) -> list[dict[str, Any]]:
+    """Every dataset of a recipe list as rankings, concatenated; `subset_column` tags each with a "subset"."""
     out: list[dict[str, Any]] = []
     for i, spec in enumerate(specs):
         if spec.format not in ("auto", *PREFERENCE_FORMATS):
             raise AlignkitError(f"format '{spec.format}' is not a preference format", where=f"{where}.{i}.format")
-        out.extend(load_rankings(load_spec(spec, where=f"{where}.{i}"), spec.path, margin_column, spec.format))
+        out.extend(load_rankings(load_spec(spec, where=f"{where}.{i}"), spec.path, margin_column, spec.format,
+                                 subset_column))
     return out
 
 
