@@ -126,3 +126,37 @@ def test_merge_replaces_its_own_earlier_output(tiny_model_dir, tiny_tokenizer, t
     merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "merged"), dtype="bfloat16")
     assert {p.dtype for p in _plain(tmp_path / "merged").parameters()} == {torch.bfloat16}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "merged"]  # no temp folders left behind
+
+
+def test_4bit_layers_keep_their_arithmetic_on_every_cpu(tiny_model_dir):
+    """bitsandbytes on an AVX512-BF16 CPU repacks a 4-bit weight in place at its first no-grad eval forward
+    and computes it in bfloat16 (its absmax too, so the packing loses precision for good). keep_4bit_arithmetic,
+    run at load, switches that off: the layer computes x @ dequantized(W).T in its compute dtype on any CPU.
+    A weight packed before it ran is put back in the NF4 layout that dequantize and merge read."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    from alignkit.models import keep_4bit_arithmetic
+
+    model = load_causal_lm(ModelSection(name_or_path=str(tiny_model_dir)), QuantizationSection(load_in_4bit=True))
+    layer = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert layer.support_avx512bf16_for_cpu is False  # switched off at load
+    weight = layer.weight
+    shape = weight.data.shape
+    reference = bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+    x = torch.randn(3, reference.shape[1])
+    with torch.no_grad():
+        assert torch.allclose(model.eval().get_submodule(_name(model, layer))(x).float(), x @ reference.t(), atol=1e-5)
+    assert not getattr(weight.quant_state, "packing_format_for_cpu", False) and weight.data.shape == shape
+    # As bitsandbytes leaves a weight after an eval forward on such a CPU (the repacking itself runs anywhere):
+    weight.data, weight.quant_state = _convert_weight_packed_for_cpu(weight.data, weight.quant_state)
+    layer.support_avx512bf16_for_cpu = True
+    keep_4bit_arithmetic(model)
+    assert not getattr(weight.quant_state, "packing_format_for_cpu", False) and layer.support_avx512bf16_for_cpu is False
+    assert weight.data.shape == shape
+    unpacked = bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+    assert torch.allclose(unpacked, reference, atol=0.01 * reference.abs().max().item())  # bf16 absmax
+
+
+def _name(model, module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)

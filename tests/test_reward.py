@@ -313,12 +313,11 @@ def test_qlora_reward_model_is_saved_as_the_trained_model(tmp_path, tiny_model_d
     assert not hasattr(AutoConfig.from_pretrained(out / "model"), "quantization_config")
     saved = reward.pairwise_metrics(RewardScorer.from_pretrained(str(out / "model")),
                                     load_preference_datasets(recipe.data.eval_datasets))
-    # Merged into the 4-bit weights (re-quantized), chosen_mean was 0.45 against 0.35 measured. Dequantized
-    # and merged in floats, the model is the trained one up to the CPU's arithmetic: raw scores within 2e-3
-    # (3e-4 on an AMX/bf16 Xeon, 2e-5 before); normalize_std divides by a small std, so compare raw units.
-    tolerance = 2e-3 / metrics["reward_scale"]
     for key in ("chosen_mean", "rejected_mean", "chosen_std", "rejected_std", "margin"):
-        assert saved[key] == pytest.approx(metrics[f"heldout_{key}"], abs=tolerance), key
+        # Merged into the 4-bit weights (re-quantized), chosen_mean was 0.45 against 0.35 measured.
+        # On an AVX512-BF16 CPU bitsandbytes computed the in-memory 4-bit model in bfloat16 (3e-4 apart in
+        # raw scores) until models.keep_4bit_arithmetic switched that path off.
+        assert saved[key] == pytest.approx(metrics[f"heldout_{key}"], abs=2e-5), key
     # adapter/ records its 4-bit base, so loading it rebuilds that base (not the float one) and scores the same.
     assert json.loads((out / "adapter" / QUANT_FILE).read_text())["load_in_4bit"] is True
     adapter = reward.pairwise_metrics(RewardScorer.from_pretrained(str(out / "adapter")),

@@ -22,6 +22,40 @@ from alignkit.runio import read_quantization_record
 
 log = logging.getLogger("alignkit.models")
 
+
+def import_bitsandbytes_without_hub_kernels() -> None:
+    """Import bitsandbytes, when installed and not yet imported, so that it fetches no code from the Hub.
+
+    bitsandbytes >= 0.50 on a CPU with AVX512-BF16 asks the Hub for a CPU kernel (kernels-community) at import:
+    a network call that carries the user's token, for code no recipe asked for (alignkit runs remote code only
+    with trust_remote_code). With `kernels` hidden for that import it keeps its built-in kernels. Called when
+    this module is imported, before PEFT or transformers import bitsandbytes themselves.
+    """
+    import importlib.util
+    import sys
+
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        return
+    missing = object()
+    saved = sys.modules.get("kernels", missing)
+    sys.modules["kernels"] = None  # type: ignore[assignment]  # `import kernels` raises ImportError
+    quiet = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "failed to load ... from kernels-community" is expected here
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # a broken install only matters to 4/8-bit recipes, which report it then
+        log.debug("bitsandbytes did not import: %s", exc)
+    finally:
+        quiet.setLevel(level)
+        if saved is missing:
+            sys.modules.pop("kernels", None)
+        else:
+            sys.modules["kernels"] = saved
+
+
+import_bitsandbytes_without_hub_kernels()
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -200,6 +234,30 @@ def adapter_base(path: str) -> str | None:
     return None
 
 
+def keep_4bit_arithmetic(model: Any) -> Any:
+    """Make a model's bitsandbytes 4-bit layers compute as configured on the CPU, in place; returns the model.
+
+    bitsandbytes >= 0.50 on a CPU with AVX512-BF16, in eval mode without gradients, repacks each 4-bit weight
+    in place into a CPU layout and computes in bfloat16 whatever bnb_4bit_compute_dtype says. The model then
+    evaluated is not the one trained (reward scores 3e-4 apart, logits 3e-3), and a later dequantize or merge
+    reads the repacked bytes as NF4 (shape errors, or wrong weights). Switching that path off keeps the
+    arithmetic of training on every CPU; weights already repacked are unpacked first.
+    """
+    try:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    except ImportError:  # no bitsandbytes, or one without the repacking path
+        return model
+    for module in model.modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+    return model
+
+
 def _from_pretrained(cls: Any, path: str, model: ModelSection, key: str, **kwargs: Any) -> Any:
     quantized = "quantization_config" in kwargs
     on_cpu = quantized and not torch.cuda.is_available()
@@ -219,6 +277,7 @@ def _from_pretrained(cls: Any, path: str, model: ModelSection, key: str, **kwarg
         raise _load_error(path, exc, key, model.attn_implementation) from None
     if quantized:
         release_checkpoint_mapping(loaded)
+        keep_4bit_arithmetic(loaded)
     if on_cpu:
         return_freed_memory_to_os()
     return loaded
@@ -427,6 +486,7 @@ def merge_dequantized(model: Any) -> Any:
     name = model.active_adapter
     peft_config = model.peft_config[name]
     state = get_peft_model_state_dict(model, adapter_name=name)
+    keep_4bit_arithmetic(model)  # NF4 bytes in their own layout before they are read
     base = model.unload()  # the LoRA layers removed, their 4-bit base layers back in place
     qcfg = base.config.quantization_config
     # 4-bit layers compute in bnb_4bit_compute_dtype: the dequantized weights keep the trained arithmetic.
@@ -445,6 +505,7 @@ def dequantize(model: Any, dtype: torch.dtype | None = None) -> Any:
     """
     from transformers.pytorch_utils import Conv1D
 
+    keep_4bit_arithmetic(model)  # NF4 bytes in their own layout before they are read
     conv1d = [name for name, module in model.named_modules()
               if isinstance(getattr(module, "source_cls", None), type) and issubclass(module.source_cls, Conv1D)]
     model = model.dequantize(dtype=dtype)

@@ -147,6 +147,12 @@ def check_report_to(recipe: Recipe) -> None:
                                 "remove it from the list", where="train.report_to")
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def check_attn_implementation(recipe: Recipe) -> None:
     """model.attn_implementation must be a kernel transformers has, with its package installed."""
     impl = recipe.model.attn_implementation if recipe.model else None
@@ -161,8 +167,9 @@ def check_attn_implementation(recipe: Recipe) -> None:
     if impl not in known:
         raise AlignkitError(f"unknown attention implementation {impl!r} (one of {', '.join(known)})", where=where)
     available = FLASH_ATTENTION.get(impl)
-    # With `kernels` installed transformers fetches a Hub kernel instead; probing that here would download it.
-    if available is not None and not (available() or is_kernels_available()):
+    # With `kernels` installed and a CUDA GPU transformers can fetch a Hub kernel instead (probing that here
+    # would download it); on a CPU it cannot, whatever is installed.
+    if available is not None and not (available() or (is_kernels_available() and _cuda_available())):
         raise AlignkitError(f"{impl} needs a CUDA GPU and its flash-attn package (or the `kernels` package); "
                             "use sdpa", where=where)
 
