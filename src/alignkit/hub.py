@@ -17,8 +17,6 @@ from typing import Any
 from alignkit.config.base import HubSection
 from alignkit.errors import AlignkitError
 from alignkit.modelcard import read_recipe, render_card
-from alignkit.models import adapter_base
-from alignkit.preflight import check_hub_access
 from alignkit.runio import RunDir, atomic_write_json
 
 log = logging.getLogger("alignkit.hub")
@@ -73,12 +71,16 @@ def commit_operations(folder: Path, card: str) -> list[Any]:
 
 def push_run(run_dir: str | Path, repo_id: str | None = None) -> str:
     """Create the repo (if needed) and commit the run's model folder + model card; return the commit URL."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
     rd = RunDir(run_dir)
     rd.read_summary()  # only finished runs are pushed
     hub = hub_section(rd, repo_id)
+    # torch and transformers only now: a refusal above is one line in well under a second
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from alignkit.models import adapter_base
+    from alignkit.preflight import check_hub_access
+
     check_hub_access("alignkit push")  # before a merge or any upload, not as a traceback halfway
     api = HfApi()  # token: HF_TOKEN or the login cache, resolved by huggingface_hub
     with tempfile.TemporaryDirectory() as staging:
