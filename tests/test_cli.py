@@ -46,3 +46,15 @@ def test_a_recipe_typo_is_reported_before_torch_loads(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert "train.bogus: unknown key" in done.stderr
     assert done.stdout.strip() == "exit 2 False"
+
+
+def test_a_push_refusal_is_reported_before_torch_loads(tmp_path):
+    """`alignkit push` checks the run folder and repo id before torch and transformers load."""
+    code = ("import sys\nfrom alignkit.cli import main\n"
+            f"try:\n    code = main(['push', {str(tmp_path)!r}, '--repo-id', 'someone/tiny'])\n"
+            "except SystemExit as exc:\n    code = exc.code\n"
+            "print('exit', code, 'torch' in sys.modules, 'transformers' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert "not a finished alignkit run" in done.stderr
+    assert done.stdout.strip() == "exit 2 False False"
