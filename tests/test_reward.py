@@ -371,3 +371,84 @@ def test_model_card_shows_the_per_subset_accuracy():
     table = subset_table({"heldout_accuracy_by": {"wrong_fact": {"accuracy": 0.125, "pairs": 8}}})
     assert "| wrong_fact | 12.5% | 8 |" in table
     assert subset_table({"heldout_accuracy": 0.9}) == ""
+
+
+class _FavouriteLM(torch.nn.Module):
+    """A fake LM: every position predicts token `favourite` (logit 5), all others 0."""
+
+    def __init__(self, vocab: int, favourite: int):
+        super().__init__()
+        self.vocab, self.favourite = vocab, favourite
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[..., self.favourite] = 5.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_lm_surprise_is_the_least_likely_response_token_below_the_top_one():
+    from alignkit.reward_model import lm_surprise
+
+    lm = _FavouriteLM(8, favourite=3)
+    ids = torch.tensor([[1, 2, 3, 3, 0], [1, 2, 3, 5, 0]])       # prompt [1, 2], response [3, 3] / [3, 5], pad
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
+    response = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 1, 1, 0]])
+    gap = math.log(math.exp(5) + 7) - math.log(math.exp(5) + 7) + (0.0 - 5.0)  # log p(other) - log p(favourite)
+    out = lm_surprise(lm, ids, mask, response)
+    assert out[0].item() == pytest.approx(0.0, abs=1e-6)        # every response token is the LM's top choice
+    assert out[1].item() == pytest.approx(gap, abs=1e-5)        # token 5 sits 5 nats below the top one
+    # prompt tokens do not count: token 2 (not the favourite) is in both prompts
+    assert lm_surprise(lm, ids, mask, torch.zeros_like(response))[1].item() == 0.0
+
+
+class _FixedFeatures:
+    def __init__(self, heads, surprise):
+        self.heads, self.surprise = torch.tensor(heads), torch.tensor(surprise)
+
+    def features(self, prompts, responses, ended=None, batch_size=32, with_lm=True):
+        return self.heads[:len(responses)], self.surprise[:len(responses)]
+
+
+def test_fit_lm_weight_is_positive_only_when_the_surprise_explains_the_comparisons():
+    rows = [{"prompt": "q", "responses": ["a", "b"]}] * 4       # best first
+    # the head cannot tell the pairs apart; the better answer is the less surprising one
+    helpful = _FixedFeatures([0.0] * 8, [0.0, -3.0] * 4)
+    assert reward.fit_lm_weight(helpful, rows, seed=0, n=4) > 1.0
+    misleading = _FixedFeatures([1.0, 0.0] * 4, [-3.0, 0.0] * 4)  # the better answer is the more surprising one
+    assert reward.fit_lm_weight(misleading, rows, seed=0, n=4) == 0.0
+
+
+def test_lm_surprise_reward_model_saves_its_lm_and_scores_alike_in_every_path(tmp_path, tiny_model_dir, world):
+    """reward.lm_surprise: the fitted weight and model/lm/ are saved; the scorer that loads them scores
+    (prompt, response) texts as PPO's id-based reward does; a folder without lm/ is refused in one line."""
+    import shutil
+
+    from alignkit.reward_model import LM_WEIGHT_KEY, RewardScorer, lm_surprise, sequence_scores
+    from alignkit.rl.rewards import scorer_reward_fn
+
+    out = tmp_path / "run"
+    recipe = reward_recipe(tiny_model_dir, world["train"], world["heldout"], out, reward={"lm_surprise": True})
+    metrics = reward.run(recipe, RunDir(out), "reward.yaml")
+    weight = metrics["lm_surprise_weight"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config[LM_WEIGHT_KEY] == weight and weight >= 0.0
+    scorer = RewardScorer.from_pretrained(str(out / "model"))
+    assert scorer.lm_weight == weight and scorer.lm is not None
+    prompts = [[{"role": "user", "content": "In which region is Kelmar?"}]] * 2
+    answers = ["Kelmar is in Southfen.", "Maybe Southfen, maybe not."]
+    by_text = scorer.score(prompts, answers)
+    tok = scorer.tokenizer
+    prompt_ids = [tok(prompt_input_text(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    response_ids = [reward_input_ids(tok, p, a)[len(q):] for p, a, q in zip(prompts, answers, prompt_ids, strict=True)]
+    by_ids = scorer_reward_fn(scorer, tok.pad_token_id)(None, answers, prompt_ids, response_ids)
+    assert torch.allclose(by_text, by_ids, atol=1e-5)
+    # and each is head + weight * surprise, normalised
+    ids = torch.tensor([prompt_ids[0] + response_ids[0]])
+    mask, response = torch.ones_like(ids), torch.tensor([[0] * len(prompt_ids[0]) + [1] * len(response_ids[0])])
+    manual = scorer.normalize(sequence_scores(scorer.model, ids, mask)
+                              + weight * lm_surprise(scorer.lm, ids, mask, response))
+    assert by_text[0].item() == pytest.approx(manual.item(), abs=1e-5)
+    if weight:
+        shutil.rmtree(out / "model" / "lm")
+        with pytest.raises(AlignkitError, match=r"adds its language model's surprise .*/lm is missing"):
+            RewardScorer.from_pretrained(str(out / "model"))

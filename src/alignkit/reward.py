@@ -39,6 +39,8 @@ from alignkit.models import (
 )
 from alignkit.reward_model import (
     BIAS_KEY,
+    LM_FOLDER,
+    LM_WEIGHT_KEY,
     NORMALIZATION_FILE,
     SCALE_KEY,
     RewardScorer,
@@ -314,21 +316,56 @@ def normalization(recipe: Recipe, scorer: RewardScorer, tokenizer: Any,
 
 
 def save_reward_model(model: Any, tokenizer: Any, run_dir: RunDir, bias: float, scale: float,
-                      quantization: dict[str, Any] | None = None) -> Any:
+                      quantization: dict[str, Any] | None = None, lm: Any = None, lm_weight: float = 0.0) -> Any:
     """adapter/ (LoRA runs) then model/: a full model that loads with AutoModelForSequenceClassification.
 
     `quantization`: the 4/8-bit base's record, saved with the adapter so that loading or merging it
-    rebuilds the base it was trained on.
+    rebuilds the base it was trained on. `lm` (reward.lm_surprise): the language model whose surprise the
+    score adds with `lm_weight`, saved as lm/ inside each folder.
     """
     if hasattr(model, "merge_and_unload"):
         save_model(model, tokenizer, run_dir.adapter_dir, quantization=quantization,
-                   extra_json={NORMALIZATION_FILE: {BIAS_KEY: bias, SCALE_KEY: scale}})
+                   extra_json={NORMALIZATION_FILE: {BIAS_KEY: bias, SCALE_KEY: scale, LM_WEIGHT_KEY: lm_weight}})
+        if lm is not None:
+            save_model(lm, tokenizer, run_dir.adapter_dir / LM_FOLDER)
         model = merge_dequantized(model)  # a QLoRA base is dequantized first: model/ is the model evaluated
     setattr(model.config, BIAS_KEY, bias)
     setattr(model.config, SCALE_KEY, scale)
+    setattr(model.config, LM_WEIGHT_KEY, lm_weight)
     model.config.pad_token_id = tokenizer.pad_token_id
     save_model(model, tokenizer, run_dir.model_dir)
+    if lm is not None:
+        save_model(lm, tokenizer, run_dir.model_dir / LM_FOLDER)
     return model
+
+
+def fit_lm_weight(scorer: RewardScorer, rankings: list[dict], seed: int, n: int) -> float:
+    """The weight w >= 0 of the LM surprise that, beside the trained head, best explains the training comparisons.
+
+    One-dimensional logistic regression on up to n rankings: w minimises the mean over their (better, worse)
+    pairs of softplus(-(head_b - head_w + w (surprise_b - surprise_w))). Convex in w, so a ternary search;
+    0 when the surprise does not help (it then stays out of the score).
+    """
+    sample = random.Random(seed + 2).sample(rankings, min(n, len(rankings)))
+    heads, surprise = scorer.features([r["prompt"] for r in sample for _ in r["responses"]],
+                                      [x for r in sample for x in r["responses"]])
+    sizes = [len(r["responses"]) for r in sample]
+    d_head, d_surprise = [], []
+    for h, s in zip(heads.split(sizes), surprise.split(sizes), strict=True):
+        better, worse = torch.triu_indices(len(h), len(h), offset=1)
+        d_head.append(h[better] - h[worse])
+        d_surprise.append(s[better] - s[worse])
+    dh, ds = torch.cat(d_head).double(), torch.cat(d_surprise).double()
+
+    def loss(w: float) -> float:
+        return torch.nn.functional.softplus(-(dh + w * ds)).mean().item()
+
+    lo, hi = 0.0, 10.0
+    for _ in range(100):
+        a, b = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+        lo, hi = (lo, b) if loss(a) <= loss(b) else (a, hi)
+    w = (lo + hi) / 2
+    return round(w, 6) if loss(w) < loss(0.0) else 0.0
 
 
 def evaluate(recipe: Recipe, scorer: RewardScorer, train_rows: list[dict], heldout: list[dict]) -> dict[str, Any]:
@@ -358,14 +395,21 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
         return metrics
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     scorer = RewardScorer(model, tokenizer, bias=0.0, scale=1.0)
-    bias, scale = 0.0, 1.0
+    bias, scale, lm = 0.0, 1.0, None
+    if section.lm_surprise:
+        lm = load_causal_lm(recipe.model).eval()
+        scorer.lm = lm
+        scorer.lm_weight = fit_lm_weight(scorer, train_rows, recipe.seed, section.accuracy_samples)
+        metrics["lm_surprise_weight"] = scorer.lm_weight
+        log.info("LM surprise weight fitted on the training comparisons: %.4g", scorer.lm_weight)
     if section.normalize:
         mean, std = normalization(recipe, scorer, tokenizer, train_rows)
         bias, scale = -mean, (std if section.normalize_std and std > 0 else 1.0)
         metrics.update(reference_raw_mean=mean, reference_raw_std=std, reward_bias=bias, reward_scale=scale)
     scorer.bias, scorer.scale = bias, scale
     metrics.update(evaluate(recipe, scorer, train_rows, heldout))
-    save_reward_model(model, tokenizer, run_dir, bias, scale, quantization_record(recipe.quantization))
+    save_reward_model(model, tokenizer, run_dir, bias, scale, quantization_record(recipe.quantization),
+                      lm=lm if scorer.lm_weight else None, lm_weight=scorer.lm_weight)
     MetricsLogger(run_dir.path / "metrics.jsonl").log(
         {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, result.global_step)
     log.info("reward model: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})

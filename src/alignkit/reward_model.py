@@ -9,6 +9,12 @@ stores `alignkit_reward_bias` and `alignkit_reward_scale` in the model's config.
 folder, in alignkit_reward.json beside adapter_config.json). RewardScorer applies
 score = (raw + bias) / scale, so reference responses score mean 0 (and std 1 when scaled). A plain
 `AutoModelForSequenceClassification` load returns the raw scores.
+
+LM surprise (`reward.lm_surprise`): a small reward model's head cannot read facts its backbone knows as a
+language model (docs/winrate_embedded_world.md). With it on, raw = head + w * surprise, where surprise is the
+least likely response token's log-probability below the top token's, min_t (log p(y_t) - max_v log p(v)),
+under the language model the reward model was initialised from (kept in the model folder's lm/), and w >= 0
+is fitted on the training comparisons after the head is trained (`alignkit_lm_surprise_weight`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from alignkit.models import position_ids_from_mask
 
 NORMALIZATION_FILE = "alignkit_reward.json"
 BIAS_KEY, SCALE_KEY = "alignkit_reward_bias", "alignkit_reward_scale"
+LM_WEIGHT_KEY, LM_FOLDER = "alignkit_lm_surprise_weight", "lm"
 
 
 def pairwise_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
@@ -114,22 +121,49 @@ def sequence_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
 
 def read_normalization(path: str | Path, config: Any) -> tuple[float, float]:
     """(bias, scale) from a model config or an adapter folder's alignkit_reward.json; (0, 1) if unset."""
-    values = {k: getattr(config, k, None) for k in (BIAS_KEY, SCALE_KEY)}
+    values = _stored_values(path, config)
+    return float(values[BIAS_KEY] or 0.0), float(values[SCALE_KEY] or 1.0)
+
+
+def read_lm_weight(path: str | Path, config: Any) -> float:
+    """The LM-surprise weight stored with a reward model (0 when it has none)."""
+    return float(_stored_values(path, config)[LM_WEIGHT_KEY] or 0.0)
+
+
+def _stored_values(path: str | Path, config: Any) -> dict[str, Any]:
+    values = {k: getattr(config, k, None) for k in (BIAS_KEY, SCALE_KEY, LM_WEIGHT_KEY)}
     file = Path(path) / NORMALIZATION_FILE
     if file.is_file():
         values.update(json.loads(file.read_text()))
-    return float(values[BIAS_KEY] or 0.0), float(values[SCALE_KEY] or 1.0)
+    return values
+
+
+@torch.no_grad()
+def lm_surprise(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                response_mask: torch.Tensor) -> torch.Tensor:
+    """Per row, min over response tokens of log p(token) - max_v log p(v) under `lm`; 0 when the LM's top choice
+    everywhere (or no response token). `response_mask` marks the response's tokens (EOS included)."""
+    position_ids = position_ids_from_mask(attention_mask)
+    logits = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=False).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, -1)
+    gap = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1) - logp.max(-1).values  # for token t + 1, <= 0
+    counted = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+    return gap.masked_fill(~counted, 0.0).min(-1).values
 
 
 class RewardScorer:
     """Score (prompt, response) pairs with a reward model, normalisation applied."""
 
-    def __init__(self, model: Any, tokenizer: Any, bias: float | None = None, scale: float | None = None):
+    def __init__(self, model: Any, tokenizer: Any, bias: float | None = None, scale: float | None = None,
+                 lm: Any = None, lm_weight: float = 0.0):
         self.model = model.eval()
         self.tokenizer = tokenizer
         cfg = model.config
         self.bias = float(getattr(cfg, BIAS_KEY, 0.0) or 0.0) if bias is None else bias
         self.scale = float(getattr(cfg, SCALE_KEY, 1.0) or 1.0) if scale is None else scale
+        self.lm = lm.eval() if lm is not None else None
+        self.lm_weight = lm_weight
         if cfg.pad_token_id is None:
             cfg.pad_token_id = tokenizer.pad_token_id
 
@@ -137,35 +171,78 @@ class RewardScorer:
     def from_pretrained(cls, path: str, device: str | torch.device | None = None) -> RewardScorer:
         """Load a reward-model folder (full model, or LoRA adapter over its base) and its tokenizer."""
         from alignkit.config.base import ModelSection
-        from alignkit.models import load_reward_model, load_tokenizer
+        from alignkit.models import load_causal_lm, load_reward_model, load_tokenizer
 
         tokenizer = load_tokenizer(ModelSection(name_or_path=path, tokenizer=path), padding_side="right")
         model = load_reward_model(path)
         bias, scale = read_normalization(path, model.config)
+        weight, lm = read_lm_weight(path, model.config), None
+        if weight:
+            from alignkit.errors import AlignkitError
+
+            lm_dir = Path(path) / LM_FOLDER
+            if not (lm_dir / "config.json").is_file():
+                raise AlignkitError(f"this reward model adds its language model's surprise (weight {weight:g}) "
+                                    f"but {lm_dir} is missing; copy the whole folder", where=str(path))
+            lm = load_causal_lm(ModelSection(name_or_path=str(lm_dir)))
         if device is not None:
             model = model.to(device)
-        return cls(model, tokenizer, bias, scale)
+            lm = lm.to(device) if lm is not None else None
+        return cls(model, tokenizer, bias, scale, lm, weight)
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         """Apply the stored bias and scale to raw head outputs."""
         return (raw + self.bias) / self.scale
 
     @torch.no_grad()
-    def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Normalised scores of tokenized sequences (left or right padded), read at the last non-pad token."""
-        return self.normalize(sequence_scores(self.model, input_ids, attention_mask))
+    def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  response_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised scores of tokenized sequences (left or right padded), read at the last non-pad token.
+
+        `response_mask` (1 on the response's tokens) is needed when the model adds its LM's surprise."""
+        return self.normalize(self.raw_scores(input_ids, attention_mask, response_mask))
+
+    @torch.no_grad()
+    def raw_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   response_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Head scores plus, when the model has an LM-surprise weight, that weight times the surprise."""
+        raw = sequence_scores(self.model, input_ids, attention_mask)
+        if not self.lm_weight:
+            return raw
+        if response_mask is None:
+            raise ValueError("this reward model adds its LM's surprise: score_ids needs response_mask")
+        return raw + self.lm_weight * lm_surprise(self.lm, input_ids, attention_mask, response_mask).to(raw.device)
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Any], responses: Sequence[str], ended: Sequence[bool] | None = None,
               batch_size: int = 32) -> torch.Tensor:
         """Normalised scores of (prompt, response) pairs; prompts are messages or user text; batched."""
+        heads, surprise = self.features(prompts, responses, ended, batch_size, with_lm=bool(self.lm_weight))
+        return self.normalize(heads + self.lm_weight * surprise)
+
+    @torch.no_grad()
+    def features(self, prompts: Sequence[Any], responses: Sequence[str], ended: Sequence[bool] | None = None,
+                 batch_size: int = 32, with_lm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw head scores, LM surprise) of (prompt, response) pairs; the surprise is 0 without an LM."""
         ended = list(ended) if ended is not None else [True] * len(responses)
         texts = [reward_input_text(self.tokenizer, p, r, e) for p, r, e in zip(prompts, responses, ended, strict=True)]
+        use_lm = with_lm and self.lm is not None
+        starts = [len(self.tokenizer(prompt_input_text(self.tokenizer, p), add_special_tokens=False)["input_ids"])
+                  for p in prompts] if use_lm else []
         device = next(self.model.parameters()).device
-        out = []
+        heads, surprises = [], []
         self.tokenizer.padding_side = "right"
         for s in range(0, len(texts), batch_size):
             enc = self.tokenizer(texts[s:s + batch_size], return_tensors="pt", padding=True,
                                  add_special_tokens=False).to(device)
-            out.append(self.score_ids(enc["input_ids"], enc["attention_mask"]).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            heads.append(sequence_scores(self.model, ids, mask).cpu())
+            if use_lm:
+                first = torch.tensor(starts[s:s + batch_size], device=device)[:, None]
+                response = (torch.arange(ids.shape[1], device=device)[None, :] >= first) & mask.bool()
+                surprises.append(lm_surprise(self.lm, ids, mask, response).cpu())
+            else:
+                surprises.append(torch.zeros(ids.shape[0]))
+        if not heads:
+            return torch.zeros(0), torch.zeros(0)
+        return torch.cat(heads), torch.cat(surprises)

@@ -37,6 +37,11 @@ class RewardSection(Section):
         0.0, ge=0, description="GRM (Yang et al. 2024): + c * next-token loss on each ranking's best response, "
         "through the init model's frozen LM head, so the backbone keeps what it knew as a language model")
 
+    lm_surprise: bool = Field(
+        False, description="add w * the init language model's surprise at the response's least likely token, "
+        "min_t (log p(y_t) - max_v log p(v)), with w >= 0 fitted on the training comparisons: lets a small reward "
+        "model judge facts its LM knows but its head cannot read; the LM is saved in model/lm/")
+
     @model_validator(mode="after")
     def _lm_loss_needs_ranking(self) -> RewardSection:
         if self.lm_loss_coef and self.loss != "ranking":

@@ -43,7 +43,9 @@ def scorer_reward_fn(scorer: Any, pad_token_id: int) -> RewardFn:
         device = next(scorer.model.parameters()).device
         ids = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-        return scorer.score_ids(ids, mask)
+        response = torch.tensor([[0] * len(p) + [1] * len(r) + [0] * (width - len(p) - len(r))
+                                 for p, r in zip(prompt_ids, response_ids, strict=True)], device=device)
+        return scorer.score_ids(ids, mask, response)
 
     return reward_fn
 
