@@ -132,3 +132,19 @@ def test_every_train_key_reaches_training_arguments_under_its_name_or_its_rename
     assert args.warmup_steps == 0.1 and args.report_to == [] and args.logging_first_step is True
     assert args.seed == args.data_seed == 3 and args.eval_strategy == "steps"
     assert args.output_dir == str(tmp_path / "run" / "checkpoints") and not args.remove_unused_columns
+
+
+def test_reset_peak_memory_starts_the_peak_afresh():
+    """A pipeline step reports its own peak: after a reset the peak is back near the current footprint."""
+    import os
+
+    from alignkit.trainer_utils import peak_rss_mb, reset_peak_memory
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("no /proc/self/clear_refs here: the peak stays process-wide")
+    big = bytearray(300 * 2**20)  # 300 MiB, touched
+    big[::4096] = b"x" * len(big[::4096])
+    high = peak_rss_mb()
+    del big
+    reset_peak_memory()
+    assert peak_rss_mb() < high - 200

@@ -263,6 +263,23 @@ def peak_memory_mb() -> float:
     return peak_rss_mb()
 
 
+def reset_peak_memory() -> None:
+    """Start peak_memory_mb afresh (a pipeline's later step then reports its own peak, not an earlier step's).
+
+    CUDA: torch's peak statistics. Linux: writing 5 to /proc/self/clear_refs sets VmHWM back to the current
+    resident set size. Elsewhere the peak stays process-wide.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size (Linux VmHWM; ru_maxrss elsewhere).
 

@@ -15,6 +15,7 @@ from alignkit.hub import push_run
 from alignkit.preflight import preflight
 from alignkit.runio import RunDir, disk_full_as_error
 from alignkit.stages import run_function
+from alignkit.trainer_utils import reset_peak_memory
 
 log = logging.getLogger("alignkit")
 
@@ -35,6 +36,7 @@ def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None)
     # Seed before any model or adapter is built: LoRA and value-head initialisation must follow the
     # recipe's seed, and be the same on every DDP rank as in a single-process run.
     set_seed(recipe.seed)
+    reset_peak_memory()  # peak_memory_mb is this stage's, also as a later pipeline step
     with disk_full_as_error(run_dir.path):  # a full disk anywhere in the stage: one line, not a traceback
         metrics = run(recipe, run_dir, recipe_path) or {}
     if main_process:
