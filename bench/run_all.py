@@ -105,6 +105,17 @@ def details(results: dict[str, dict]) -> list[str]:
     return out
 
 
+def measured_on(results: dict[str, dict]) -> list[str]:
+    """Where and when each result was measured: results are rerun one at a time (--only), so they can differ."""
+    rows = [(name, r["machine"]) for name, r in results.items() if isinstance(r.get("machine"), dict)]
+    if len({(m.get("cpu"), m.get("date"), m.get("commit")) for _, m in rows}) <= 1:
+        return []
+    return ["Each result was measured on its own run (ratios compare within a run only):", "",
+            "| result file | date | commit | CPU |", "|---|---|---|---|",
+            *[f"| {name}.json | {m.get('date', '?')} | {m.get('commit', '?')} | {m.get('cpu', '?')} |"
+              for name, m in rows], ""]
+
+
 def write_docs(results: dict[str, dict], notes: str) -> None:
     machine = list(results.values())[-1]["machine"] if results else common.machine_info()
     v = machine["versions"]
@@ -120,10 +131,11 @@ def write_docs(results: dict[str, dict], notes: str) -> None:
         "",
         *details(results),
         "",
-        f"Machine: {machine['nproc']} cores, {machine['cpu']}, shared with other work (1-minute load "
-        f"{machine['load_avg_1m']:.1f} at the end of the last benchmark); one thread per benchmark "
+        f"Machine of the last benchmark run: {machine['nproc']} cores, {machine['cpu']}, shared with other work "
+        f"(1-minute load {machine['load_avg_1m']:.1f} at its end); one thread per benchmark "
         f"(OMP_NUM_THREADS=1). Date {machine['date']}, commit {machine['commit']}.",
         "",
+        *measured_on(results),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
         "Item 8 comes from `bench/gpu.py` on a lent GPU machine (bench/results/gpu_h100.json); it is not run by "
