@@ -108,7 +108,7 @@ def details(results: dict[str, dict]) -> list[str]:
 def measured_on(results: dict[str, dict]) -> list[str]:
     """Where and when each result was measured: results are rerun one at a time (--only), so they can differ."""
     rows = [(name, r["machine"]) for name, r in results.items() if isinstance(r.get("machine"), dict)]
-    if len({(m.get("cpu"), m.get("date"), m.get("commit")) for _, m in rows}) <= 1:
+    if len({(m.get("cpu"), m.get("commit"), (m.get("date") or "")[:10]) for _, m in rows}) <= 1:
         return []
     return ["Each result was measured on its own run (ratios compare within a run only):", "",
             "| result file | date | commit | CPU |", "|---|---|---|---|",
