@@ -36,25 +36,25 @@ def test_run_py_entry_point_takes_overrides(tmp_path):
     assert "train.bogus: unknown key" in done.stderr
 
 
+def _main_in_a_fresh_process(args: list[str], modules: list[str]) -> subprocess.CompletedProcess:
+    """`alignkit.cli.main(args)` in a new interpreter; stdout: "exit <code>" and, per module, whether it loaded."""
+    code = ("import sys\nfrom alignkit.cli import main\n"
+            f"try:\n    code = main({args!r})\n"
+            "except SystemExit as exc:\n    code = exc.code\n"
+            f"print('exit', code, *[m in sys.modules for m in {modules!r}])\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+
+
 def test_a_recipe_typo_is_reported_before_torch_loads(tmp_path):
     """`alignkit train` validates the recipe before importing the lifecycle (torch, ~10 s): typos answer at once."""
-    code = ("import sys\nfrom alignkit.cli import main\n"
-            "try:\n    code = main(['train', 'recipes/pretrain_tiny.yaml', 'train.bogus=1'])\n"
-            "except SystemExit as exc:\n    code = exc.code\n"
-            "print('exit', code, 'torch' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    done = _main_in_a_fresh_process(["train", "recipes/pretrain_tiny.yaml", "train.bogus=1"], ["torch"])
     assert "train.bogus: unknown key" in done.stderr
     assert done.stdout.strip() == "exit 2 False"
 
 
 def test_a_push_refusal_is_reported_before_torch_loads(tmp_path):
     """`alignkit push` checks the run folder and repo id before torch and transformers load."""
-    code = ("import sys\nfrom alignkit.cli import main\n"
-            f"try:\n    code = main(['push', {str(tmp_path)!r}, '--repo-id', 'someone/tiny'])\n"
-            "except SystemExit as exc:\n    code = exc.code\n"
-            "print('exit', code, 'torch' in sys.modules, 'transformers' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    done = _main_in_a_fresh_process(["push", str(tmp_path), "--repo-id", "someone/tiny"], ["torch", "transformers"])
     assert "not a finished alignkit run" in done.stderr
     assert done.stdout.strip() == "exit 2 False False"

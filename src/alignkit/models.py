@@ -486,7 +486,6 @@ def merge_dequantized(model: Any) -> Any:
     name = model.active_adapter
     peft_config = model.peft_config[name]
     state = get_peft_model_state_dict(model, adapter_name=name)
-    keep_4bit_arithmetic(model)  # NF4 bytes in their own layout before they are read
     base = model.unload()  # the LoRA layers removed, their 4-bit base layers back in place
     qcfg = base.config.quantization_config
     # 4-bit layers compute in bnb_4bit_compute_dtype: the dequantized weights keep the trained arithmetic.

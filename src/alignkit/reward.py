@@ -263,15 +263,23 @@ def _stats(x: torch.Tensor) -> tuple[float, float]:
     return x.mean().item(), (x.std().item() if len(x) > 1 else 0.0)
 
 
+def ranking_pair_scores(flat: torch.Tensor, rankings: list[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per ranking, the scores of the better and of the worse response of each of its C(K,2) pairs.
+
+    `flat` holds one score per response, rankings after one another, each best first."""
+    better_scores, worse_scores = [], []
+    for scores in flat.split([len(r["responses"]) for r in rankings]):
+        better, worse = torch.triu_indices(len(scores), len(scores), offset=1)
+        better_scores.append(scores[better])
+        worse_scores.append(scores[worse])
+    return better_scores, worse_scores
+
+
 def pairwise_metrics(scorer: RewardScorer, rankings: list[dict]) -> dict[str, Any]:
     """Accuracy (better scored above worse) over all C(K,2) pairs, mean margin, chosen/rejected score spread."""
     prompts = [r["prompt"] for r in rankings for _ in r["responses"]]
     flat = scorer.score(prompts, [resp for r in rankings for resp in r["responses"]])  # each response once
-    chosen, rejected = [], []
-    for scores in flat.split([len(r["responses"]) for r in rankings]):
-        better, worse = torch.triu_indices(len(scores), len(scores), offset=1)
-        chosen.append(scores[better])
-        rejected.append(scores[worse])
+    chosen, rejected = ranking_pair_scores(flat, rankings)
     c, r = torch.cat(chosen), torch.cat(rejected)
     (c_mean, c_std), (r_mean, r_std) = _stats(c), _stats(r)
     metrics: dict[str, Any] = {
@@ -349,13 +357,9 @@ def fit_lm_weight(scorer: RewardScorer, rankings: list[dict], seed: int, n: int)
     sample = random.Random(seed + 2).sample(rankings, min(n, len(rankings)))
     heads, surprise = scorer.features([r["prompt"] for r in sample for _ in r["responses"]],
                                       [x for r in sample for x in r["responses"]])
-    sizes = [len(r["responses"]) for r in sample]
-    d_head, d_surprise = [], []
-    for h, s in zip(heads.split(sizes), surprise.split(sizes), strict=True):
-        better, worse = torch.triu_indices(len(h), len(h), offset=1)
-        d_head.append(h[better] - h[worse])
-        d_surprise.append(s[better] - s[worse])
-    dh, ds = torch.cat(d_head).double(), torch.cat(d_surprise).double()
+    (head_b, head_w), (surprise_b, surprise_w) = (ranking_pair_scores(x, sample) for x in (heads, surprise))
+    dh = (torch.cat(head_b) - torch.cat(head_w)).double()
+    ds = (torch.cat(surprise_b) - torch.cat(surprise_w)).double()
 
     def loss(w: float) -> float:
         return torch.nn.functional.softplus(-(dh + w * ds)).mean().item()

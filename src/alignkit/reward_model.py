@@ -206,12 +206,20 @@ class RewardScorer:
     def raw_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    response_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Head scores plus, when the model has an LM-surprise weight, that weight times the surprise."""
-        raw = sequence_scores(self.model, input_ids, attention_mask)
         if not self.lm_weight:
-            return raw
+            return sequence_scores(self.model, input_ids, attention_mask)
         if response_mask is None:
             raise ValueError("this reward model adds its LM's surprise: score_ids needs response_mask")
-        return raw + self.lm_weight * lm_surprise(self.lm, input_ids, attention_mask, response_mask).to(raw.device)
+        head, surprise = self._parts(input_ids, attention_mask, response_mask)
+        return head + self.lm_weight * surprise
+
+    def _parts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               response_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head score, LM surprise) per row; the surprise is 0 without an LM or a response mask."""
+        head = sequence_scores(self.model, input_ids, attention_mask)
+        if self.lm is None or response_mask is None:
+            return head, torch.zeros_like(head)
+        return head, lm_surprise(self.lm, input_ids, attention_mask, response_mask).to(head.device)
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Any], responses: Sequence[str], ended: Sequence[bool] | None = None,
@@ -236,13 +244,13 @@ class RewardScorer:
             enc = self.tokenizer(texts[s:s + batch_size], return_tensors="pt", padding=True,
                                  add_special_tokens=False).to(device)
             ids, mask = enc["input_ids"], enc["attention_mask"]
-            heads.append(sequence_scores(self.model, ids, mask).cpu())
+            response = None
             if use_lm:
                 first = torch.tensor(starts[s:s + batch_size], device=device)[:, None]
                 response = (torch.arange(ids.shape[1], device=device)[None, :] >= first) & mask.bool()
-                surprises.append(lm_surprise(self.lm, ids, mask, response).cpu())
-            else:
-                surprises.append(torch.zeros(ids.shape[0]))
+            head, surprise = self._parts(ids, mask, response)
+            heads.append(head.cpu())
+            surprises.append(surprise.cpu())
         if not heads:
             return torch.zeros(0), torch.zeros(0)
         return torch.cat(heads), torch.cat(surprises)
