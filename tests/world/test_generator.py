@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from alignkit.errors import AlignkitError
 from alignkit.world import oracle
-from alignkit.world.entities import build_world, fact_sentence
+from alignkit.world.entities import N_TRAINING_UNKNOWN, build_world, fact_sentence, training_unknown_names
 from alignkit.world.generator import disagreement_rate, generate_world
 
 FILES = [
@@ -123,6 +125,19 @@ def test_unknown_eval_names_appear_nowhere_in_training(splits):
     assert not [n for n in names if n in train_text]
     world = build_world(0)
     assert not names & (set(world.towns) | set(world.people))
+
+
+def test_unknown_name_demos_ask_about_many_names(splits):
+    """A handful of names asked about again and again teaches those names, not "I don't know" (data/README.md)."""
+    asked = Counter(r["meta"]["entity"] for r in splits["sft"] if r["meta"]["unknown"])
+    assert len(asked) >= 0.5 * sum(asked.values()) and max(asked.values()) <= 10
+    extra = {n for names in training_unknown_names(build_world(0), 0).values() for n in names}
+    assert set(asked) & extra and len(extra) == sum(N_TRAINING_UNKNOWN.values())
+    # the extra names are training-side only: not in the corpus (the shipped base's), validation or eval
+    held_text = json.dumps([splits[n] for n in ("corpus", "validation_prompts", "eval", "unseen")])
+    assert not [n for n in extra if re.search(rf"\b{n}\b", held_text)]
+    world = build_world(0)
+    assert not extra & (set(world.towns) | set(world.people) | set(world.unknown_towns) | set(world.unknown_people))
 
 
 def test_unseen_wordings_are_in_no_training_split(splits):

@@ -17,6 +17,13 @@ N_PEOPLE = 24
 # corpus; some are used in training, the rest only in evaluation.
 N_UNKNOWN_TOWNS = 40
 N_UNKNOWN_PEOPLE = 24
+# Further made-up names asked about only in the SFT, preference and RL splits (never in the corpus, the
+# validation or the eval prompts): with the 24 training names above alone, each was asked about ~17 times
+# in the demos, and the SFT model learnt those names instead of copying the one asked about (on new names it
+# refused 34% of the time and never repeated the name; on training names 12% and 71%). About one fresh name
+# per demo teaches the behaviour, not a list. Drawn from their own seed stream so the world and corpus stay
+# as they were.
+N_TRAINING_UNKNOWN = {"town": 240, "person": 160}
 
 REGIONS = ("Northmoor", "Southfen", "Eastvale", "Westmark", "Highcliff", "Lowmere")
 RIVERS = ("Meluna", "Seren", "Osko", "Tavira", "Brisel", "Quorn", "Ilsa", "Vadra")
@@ -188,6 +195,16 @@ def _unique_names(rng: random.Random, n: int, make, taken: set[str]) -> list[str
             taken.add(name.lower())
             names.append(name)
     return names
+
+
+def training_unknown_names(world: World, seed: int) -> dict[str, tuple[str, ...]]:
+    """N_TRAINING_UNKNOWN more names per kind that exist nowhere, distinct from every name of the world."""
+    rng = random.Random(f"world-{seed}-training-unknown")
+    taken = set(_RESERVED) | {
+        n.lower() for n in (*world.towns, *world.people, *world.unknown_towns, *world.unknown_people)
+    }
+    make = {"town": _town_name, "person": _person_name}
+    return {kind: tuple(sorted(_unique_names(rng, n, make[kind], taken))) for kind, n in N_TRAINING_UNKNOWN.items()}
 
 
 def build_world(seed: int) -> World:

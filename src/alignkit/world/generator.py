@@ -16,7 +16,7 @@ from pathlib import Path
 from alignkit.errors import AlignkitError
 from alignkit.world import contractors, oracle
 from alignkit.world.corpus import build_corpus
-from alignkit.world.entities import ATTRIBUTES, World, build_world
+from alignkit.world.entities import ATTRIBUTES, World, build_world, training_unknown_names
 from alignkit.world.tasks import (
     VARIANTS,
     Combo,
@@ -84,6 +84,18 @@ def _split_combos(
             rest = pool[n_eval + n_val :]
         train[task] = sorted(rest, key=lambda c: c.key)
     return eval_side, validation, train
+
+
+def _with_training_unknown_names(world: World, train: dict[str, list[Combo]], seed: int) -> dict[str, list[Combo]]:
+    """The training combos plus unknown-name questions about entities.training_unknown_names (SFT, RM, RL only)."""
+    extra = [
+        Combo("unknown", kind, name, (a,))
+        for kind, names in training_unknown_names(world, seed).items()
+        for name in names
+        for a in ATTRIBUTES
+        if ATTRIBUTES[a].kind == kind
+    ]
+    return {**train, "unknown": sorted(train["unknown"] + extra, key=lambda c: c.key)}
 
 
 def _sample_combo(train: dict[str, list[Combo]], rng: random.Random) -> Combo:
@@ -290,8 +302,11 @@ def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, no
     eval_side, validation, train = _split_combos(world, all_combos(world), rngs["split"])
     # tasks interleaved, so that the first N eval prompts (eval.prompt_limit) are a fair sample
     rngs["split"].shuffle(eval_side)
-    train_all = [c for task in train for c in train[task]]
-    corpus = build_corpus(world, train_all, rngs["corpus"])
+    # The corpus and the few-shot template use the world's own training combos: the shipped base was
+    # pretrained on that corpus, and the template is part of the fixed eval.
+    corpus = build_corpus(world, [c for task in train for c in train[task]], rngs["corpus"])
+    template = fewshot_template(world, train, rngs["fewshot"])
+    train = _with_training_unknown_names(world, train, seed)
     prefs, sigma, measured = preference_rows(world, train, noise, rngs["prefs"])
     files = {
         "corpus.jsonl": [{"text": d} for d in corpus],
@@ -310,7 +325,6 @@ def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, no
     ):
         shas["eval/" + path.name] = write_atomic(path, jsonl_text(rows))
         counts["eval/" + path.name] = len(rows)
-    template = fewshot_template(world, train, rngs["fewshot"])
     shas["eval/fewshot_template.txt"] = write_atomic(eval_path.parent / "fewshot_template.txt", template)
     manifest = {
         "seed": seed,
@@ -323,6 +337,7 @@ def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, no
         "towns": len(world.towns),
         "people": len(world.people),
         "unknown_names": len(world.unknown_towns) + len(world.unknown_people),
+        "training_unknown_names": sum(len(n) for n in training_unknown_names(world, seed).values()),
     }
     write_atomic(out_dir / "manifest.json", json.dumps(manifest, sort_keys=True, indent=2) + "\n")
     return manifest
