@@ -35,7 +35,9 @@ def test_first_answer_token_is_the_corpus_spelling(tokenizer):
         as_in_corpus = tokenizer("Assistant: " + answer)["input_ids"][len(tokenizer("Assistant:")["input_ids"]):]
         n = min(3, len(as_in_corpus))
         assert ids[start : start + n] == as_in_corpus[:n], (answer, tokenizer.convert_ids_to_tokens(ids[start:start + n]))
-        assert ids[start] in corpus_ids
+        # a made-up name (a hallucination about an unknown name) may start with a piece no corpus text has
+        if not (row["meta"]["unknown"] and answer.startswith(row["meta"]["entity"])):
+            assert ids[start] in corpus_ids
 
 
 def test_generation_prompt_leaves_the_space_to_the_model(tokenizer):
