@@ -22,40 +22,6 @@ from alignkit.runio import read_quantization_record
 
 log = logging.getLogger("alignkit.models")
 
-
-def import_bitsandbytes_without_hub_kernels() -> None:
-    """Import bitsandbytes, when installed and not yet imported, so that it fetches no code from the Hub.
-
-    bitsandbytes >= 0.50 on a CPU with AVX512-BF16 asks the Hub for a CPU kernel (kernels-community) at import:
-    a network call that carries the user's token, for code no recipe asked for (alignkit runs remote code only
-    with trust_remote_code). With `kernels` hidden for that import it keeps its built-in kernels. Called when
-    this module is imported, before PEFT or transformers import bitsandbytes themselves.
-    """
-    import importlib.util
-    import sys
-
-    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
-        return
-    missing = object()
-    saved = sys.modules.get("kernels", missing)
-    sys.modules["kernels"] = None  # type: ignore[assignment]  # `import kernels` raises ImportError
-    quiet = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # its "failed to load ... from kernels-community" is expected here
-    try:
-        import bitsandbytes  # noqa: F401
-    except Exception as exc:  # a broken install only matters to 4/8-bit recipes, which report it then
-        log.debug("bitsandbytes did not import: %s", exc)
-    finally:
-        quiet.setLevel(level)
-        if saved is missing:
-            sys.modules.pop("kernels", None)
-        else:
-            sys.modules["kernels"] = saved
-
-
-import_bitsandbytes_without_hub_kernels()
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
