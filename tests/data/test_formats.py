@@ -69,6 +69,12 @@ def test_conversational_prompt_completion_stays_split():
     ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]}, "empty"),
     ({"messages": [{"role": "user", "content": "Hi"}]}, "last message must be the assistant"),
     ({"messages": [{"role": "robot", "content": "Hi"}]}, "role"),
+    ({"messages": [{"role": "human", "content": "Hi"}, {"role": "gpt", "content": "Yo"}]},
+     "got 'human' \\(ShareGPT's spelling"),
+    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}]},
+     "message 1 \\(assistant\\) needs a text content, got null"),
+    ({"messages": [{"role": "user", "content": [{"type": "image"}]}, {"role": "assistant", "content": "Yo"}]},
+     "got a list"),
     ({"conversations": [{"from": "alien", "value": "Hi"}]}, "sharegpt"),
     ({"text": ""}, "empty text"),
     ({"prompt": "Hi", "completion": ""}, "empty completion"),
@@ -82,9 +88,18 @@ def test_bad_row_names_file_and_row(row, message):
 
 
 def test_declared_format_is_enforced():
-    with pytest.raises(AlignkitError, match="needs column 'instruction'") as err:
+    with pytest.raises(AlignkitError, match="needs column 'instruction'; its columns \\['messages'\\] fit format messages") as err:
         normalize_sft_rows([ROWS["messages"]], "alpaca", "d.jsonl")
     assert err.value.where == "d.jsonl:1"
+    with pytest.raises(AlignkitError, match="needs column 'messages'; it has columns \\['question'\\]"):
+        normalize_sft_rows([{"question": "?"}], "messages", "d.jsonl")
+
+
+def test_text_content_parts_are_joined():
+    """OpenAI-style content parts, all text, read as their text (other parts are refused above)."""
+    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+                        {"role": "assistant", "content": "Yo"}]}
+    assert normalize_sft_rows([row], "auto", "d.jsonl")[0]["messages"][0] == {"role": "user", "content": "Hi there"}
 
 
 def test_mixed_formats_are_refused():

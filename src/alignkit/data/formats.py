@@ -21,6 +21,7 @@ from alignkit.errors import AlignkitError
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "bot": "assistant", "model": "assistant"}
 ROLES = {"system", "user", "assistant"}
+JSON_TYPES = {type(None): "null", list: "a list", dict: "an object", int: "a number", float: "a number", bool: "a boolean"}
 SFT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 
 
@@ -45,16 +46,33 @@ def detect_format(row: dict[str, Any], among: tuple[str, ...] | None = None) -> 
                  if (among is None or fmt in among) and set(cols) <= keys), None)
 
 
+def _text_content(content: Any) -> str | None:
+    """A message's text: a string, or OpenAI-style content parts that are all text (joined); else None."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    return None
+
+
 def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise AlignkitError("expected a non-empty list of messages", where=where)
     out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise AlignkitError(f"message {i} needs a role in {sorted(ROLES)} and a text content", where=where)
-        if not m["content"].strip():
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            role = m.get("role", m.get("from")) if isinstance(m, dict) else None
+            hint = (" (ShareGPT's spelling: rename the roles, or keep the turns in a 'conversations' column with"
+                    " format sharegpt)" if role in SHAREGPT_ROLES else "")
+            raise AlignkitError(f"message {i} needs a role in {sorted(ROLES)}, got {role!r}{hint}", where=where)
+        content = _text_content(m.get("content"))
+        if content is None:
+            got = JSON_TYPES.get(type(m.get("content")), type(m.get("content")).__name__)
+            raise AlignkitError(f"message {i} ({m['role']}) needs a text content, got {got}", where=where)
+        if not content.strip():
             raise AlignkitError(f"message {i} ({m['role']}) is empty", where=where)
-        out.append({"role": m["role"], "content": m["content"]})
+        out.append({"role": m["role"], "content": content})
     if out[-1]["role"] != "assistant":
         raise AlignkitError("the last message must be the assistant's (nothing to learn otherwise)", where=where)
     return out
@@ -103,7 +121,9 @@ def normalize_sft_rows(rows: Iterable[dict[str, Any]], fmt: str, source: str) ->
                 "instruction/output, prompt/completion or text — or map columns in the recipe", where=where)
         missing = _missing_columns(row, kind)
         if missing:
-            raise AlignkitError(f"format {kind} needs column '{missing}'", where=where)
+            fits = detect_format(row, SFT_FORMATS)
+            hint = f"; its columns {sorted(row)} fit format {fits}" if fits else f"; it has columns {sorted(row)}"
+            raise AlignkitError(f"format {kind} needs column '{missing}'{hint}", where=where)
         if kind == "text":
             if not str(row["text"]).strip():
                 raise AlignkitError("empty text", where=where)
