@@ -235,6 +235,10 @@ for _case in PREFLIGHT:
     _case.untouched = True
 
 HEAVY = [
+    Case("oracle_judge_on_prompts_without_meta",
+         ["train", "recipes/eval_validation.yaml", "output_dir={d}/out", "eval.prompts={d}/prompts.jsonl"],
+         ("{d}/prompts.jsonl:2: the oracle needs the embedded world's `meta` on every prompt row",),
+         {"prompts.jsonl": jsonl({"prompt": "Hi", "meta": {"task": "fact"}}, {"prompt": "Name a river."})}),
     Case("finished_run_in_output_dir", sft(), ("output_dir: {d}/out: already holds a finished run",)),
     Case("unfinished_run_in_output_dir", sft(),
          ("output_dir: {d}/out: holds checkpoints of an unfinished run (checkpoint-3)",),

@@ -85,6 +85,18 @@ def load_prompts(section: EvalSection) -> list[dict[str, Any]]:
     return out
 
 
+def require_world_meta(rows: Sequence[dict[str, Any]], section: EvalSection) -> None:
+    """Where the oracle judges or picks best-of-n, every prompt row needs the world's `meta` (checked before
+    any model generates, not when the first pair is judged)."""
+    if section.judge.type != "oracle" and not any(m.best_of_n_by == "oracle" for m in section.models):
+        return
+    for i, row in enumerate(rows):
+        if not isinstance(row["meta"], dict):
+            raise AlignkitError("the oracle needs the embedded world's `meta` on every prompt row "
+                                "(eval/world_prompts.jsonl); use another judge for other prompt sets",
+                                where=f"{section.prompts}:{i + 1}")
+
+
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".json":
         data = json.loads(path.read_text())
@@ -443,6 +455,7 @@ def run(recipe: Any, run_dir: RunDir, recipe_path: str, rubric: Rubric | None = 
     timing: dict[str, float] = {}
     start = time.time()
     rows = load_prompts(section)
+    require_world_meta(rows, section)
     preflight(section)
     needs_fewshot = any(m.prompting == "fewshot" for m in section.models)
     template = Path(section.fewshot_template).read_text() if needs_fewshot else None
