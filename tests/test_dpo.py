@@ -213,3 +213,27 @@ def test_dpo_of_a_qlora_sft_adapter_trains_it_on_its_recorded_4bit_base(tmp_path
         other = float_base.eval()(input_ids=ids).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert (other - want).abs().max().item() > 1e-2
+
+
+def test_sft_loss_weight_adds_trl_sft_loss() -> None:
+    from alignkit.config.dpo import DPOSection
+    from alignkit.dpo import dpo_losses
+
+    assert dpo_losses(DPOSection(sft_loss_weight=0)) == {"loss_type": ["sigmoid"]}
+    assert dpo_losses(DPOSection(loss_type="ipo", sft_loss_weight=0.5)) == {
+        "loss_type": ["ipo", "sft"], "loss_weights": [1.0, 0.5]}
+
+
+def test_sft_loss_keeps_the_chosen_answers_likely(tmp_path: Path, tiny_model_dir: Path, prefs: Path) -> None:
+    """RPO's NLL term: after the same steps, the chosen answers are likelier than under DPO alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [json.loads(line) for line in prefs.read_text().splitlines()]
+    chosen_logp = {}
+    for weight in (0.0, 2.0):
+        _dpo(tmp_path / f"w{weight}", tiny_model_dir, prefs, f"dpo.sft_loss_weight={weight}")
+        policy = AutoModelForCausalLM.from_pretrained(tmp_path / f"w{weight}" / "model").eval()
+        chosen_logp[weight] = sum(float(_completion_logps(policy, tok, r["prompt"], r["responses"][r["ranking"][0]]))
+                                  for r in rows)
+    assert chosen_logp[2.0] > chosen_logp[0.0] + 1.0

@@ -170,6 +170,13 @@ def dpo_trainer_class() -> type:
     return AlignkitDPOTrainer
 
 
+def dpo_losses(section: DPOSection) -> dict[str, Any]:
+    """DPOConfig's loss_type (and loss_weights): the preference loss, plus TRL's "sft" NLL term when weighted."""
+    if section.sft_loss_weight == 0:
+        return {"loss_type": [section.loss_type]}
+    return {"loss_type": [section.loss_type, "sft"], "loss_weights": [1.0, section.sft_loss_weight]}
+
+
 def build_trainer(recipe: Recipe, section: DPOSection, run_dir: RunDir) -> Any:
     """A TRL DPOTrainer configured from the recipe (DPOConfig from `train:` + `dpo:`)."""
     from trl import DPOConfig
@@ -178,7 +185,7 @@ def build_trainer(recipe: Recipe, section: DPOSection, run_dir: RunDir) -> Any:
     train_ds, eval_ds = load_pairs(recipe, section, tokenizer)
     policy, ref_model, peft_config = build_models(recipe, section, tokenizer)
     config = make_config(DPOConfig, recipe, run_dir, has_eval=eval_ds is not None,
-                         beta=section.beta, loss_type=[section.loss_type], label_smoothing=section.label_smoothing,
+                         beta=section.beta, label_smoothing=section.label_smoothing, **dpo_losses(section),
                          max_length=recipe.model.max_length,
                          precompute_ref_log_probs=section.precompute_ref_log_probs)
     trainer = dpo_trainer_class()(model=policy, ref_model=ref_model, args=config, train_dataset=train_ds,

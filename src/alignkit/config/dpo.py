@@ -15,6 +15,10 @@ class DPOSection(Section):
     beta: float = Field(0.1, gt=0, description="strength of the implicit KL to the reference (DPO's beta)")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: assumed label-flip probability")
+    sft_loss_weight: float = Field(
+        0.0, ge=0, description="weight of an NLL term on the chosen answers added to the DPO loss (RPO, Pang et al. "
+        "2024): keeps the chosen answers likely, against DPO's likelihood displacement (Razin et al. 2024)"
+    )
     pairs: Literal["best_vs_others", "all"] = Field(
         "best_vs_others", description="how a K-way ranking becomes pairs: best vs each other (K-1) or all C(K,2)"
     )
