@@ -1,4 +1,13 @@
-"""A user's reward function named `module.path:function` in a recipe, found and checked before any model loads."""
+"""A user's reward function named `module.path:function` in a recipe, found and checked before any model loads.
+
+Two calling conventions are accepted:
+- alignkit's: `fn(prompts_text, responses_text, prompt_ids, response_ids)` -> one float per response;
+- TRL's (GRPOTrainer's `reward_funcs`): keyword arguments `prompts`, `completions`, `completion_ids`, with
+  `**kwargs` for anything else, so a reward written for TRL runs here unchanged. A function that names a
+  `completions` parameter is called that way; `kwargs` then also carries `prompt_ids`. Prompts and
+  completions are texts (the chat-templated prompt, the decoded response), as TRL passes them for a
+  standard dataset, not message lists.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +17,32 @@ from collections.abc import Callable
 from typing import Any
 
 REWARD_ARGS = ("prompts_text", "responses_text", "prompt_ids", "response_ids")
+TRL_ARGS = ("prompts", "completions", "completion_ids")
+
+
+def _trl_style(fn: Callable[..., Any], signature: inspect.Signature) -> Callable[..., Any] | None:
+    """fn wrapped into alignkit's convention if it follows TRL's (a `completions` keyword), else None."""
+    params = signature.parameters
+    if "completions" not in params or params["completions"].kind is inspect.Parameter.POSITIONAL_ONLY:
+        return None
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    wanted = set(TRL_ARGS) | {"prompt_ids"}
+    passed = wanted if takes_any else wanted & set(params)
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+    if any(n not in passed for n in required):
+        return None
+
+    def reward_fn(prompts_text, responses_text, prompt_ids, response_ids):
+        values = {"prompts": prompts_text, "completions": responses_text, "completion_ids": response_ids,
+                  "prompt_ids": prompt_ids}
+        return fn(**{k: v for k, v in values.items() if k in passed})
+
+    return reward_fn
 
 
 def load_callable(spec: str) -> Callable[..., Any]:
-    """Import `module.path:function` and check it takes the four reward arguments; ValueError says what is wrong."""
+    """Import `module.path:function` as a reward taking the four reward arguments; ValueError says what is wrong."""
     module_name, _, name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -21,9 +52,15 @@ def load_callable(spec: str) -> Callable[..., Any]:
     if not callable(fn):
         raise ValueError(f"{module_name} has no function {name}")
     try:
-        inspect.signature(fn).bind(*REWARD_ARGS)
-    except TypeError:
-        raise ValueError(f"{spec} must take ({', '.join(REWARD_ARGS)}) and return one float per response") from None
+        signature = inspect.signature(fn)
     except ValueError:
-        pass  # a builtin without a signature: checked when called
+        return fn  # a builtin without a signature: checked when called
+    trl = _trl_style(fn, signature)
+    if trl is not None:
+        return trl
+    try:
+        signature.bind(*REWARD_ARGS)
+    except TypeError:
+        raise ValueError(f"{spec} must take ({', '.join(REWARD_ARGS)}), or TRL's keyword arguments "
+                         f"({', '.join(TRL_ARGS)}, **kwargs), and return one float per response") from None
     return fn

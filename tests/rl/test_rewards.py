@@ -22,6 +22,18 @@ def one_arg(responses):
 
 def wrong_length(prompts_text, responses_text, prompt_ids, response_ids):
     return [1.0]
+
+def trl_style(completions, **kwargs):
+    return [float(len(c)) + len(kwargs["prompts"][i]) / 1000 for i, c in enumerate(completions)]
+
+def trl_named(prompts, completions, completion_ids):
+    return [float(len(ids)) for ids in completion_ids]
+
+def not_finite(prompts_text, responses_text, prompt_ids, response_ids):
+    return [0.0, float("nan")]
+
+def broken(prompts_text, responses_text, prompt_ids, response_ids):
+    return {}["missing"]
 '''
 
 
@@ -58,6 +70,19 @@ def test_a_bad_user_reward_is_one_line_naming_the_key(user_module):
     wrong = import_reward_fn(f"{user_module}:wrong_length", "rloo.reward")
     with pytest.raises(AlignkitError, match="not one float per response"):
         wrong(["p", "p"], ["a", "b"], [[1], [1]], [[2], [2]])
+    with pytest.raises(AlignkitError, match=r"returned nan for response 1 \('bb'\); rewards must be finite"):
+        import_reward_fn(f"{user_module}:not_finite", "rloo.reward")(["p", "p"], ["a", "bb"], [[1], [1]], [[2], [2]])
+    with pytest.raises(AlignkitError, match=r"broken raised KeyError: 'missing' \(.*my_rewards.py:\d+\)") as err:
+        import_reward_fn(f"{user_module}:broken", "rloo.reward")(["p"], ["a"], [[1]], [[2]])
+    assert str(err.value).count("\n") == 0
+
+
+def test_a_reward_written_for_trl_runs_unchanged(user_module):
+    """TRL's reward_funcs convention: keyword arguments prompts / completions / completion_ids (+ **kwargs)."""
+    trl = import_reward_fn(f"{user_module}:trl_style", "grpo.reward")
+    assert trl(["ab", "abcd"], ["x", "yyy"], [[1], [1]], [[2], [2, 3, 4]]).tolist() == pytest.approx([1.002, 3.004])
+    named = import_reward_fn(f"{user_module}:trl_named", "grpo.reward")
+    assert named(["p"], ["x"], [[1]], [[2, 3]]).tolist() == [2.0]
 
 
 @pytest.mark.parametrize("stage", ["grpo", "rloo"])

@@ -6,6 +6,7 @@ response ids end with EOS when the response did, and texts have special tokens r
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -64,7 +65,12 @@ def checked_reward_fn(fn: RewardFn, spec: str, where: str) -> RewardFn:
 
     def reward_fn(prompts_text: list[str], responses_text: list[str], prompt_ids: list[list[int]],
                   response_ids: list[list[int]]) -> torch.Tensor:
-        out = fn(prompts_text, responses_text, prompt_ids, response_ids)
+        try:
+            out = fn(prompts_text, responses_text, prompt_ids, response_ids)
+        except Exception as exc:  # the user's code: say where it failed, in one line
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            raise AlignkitError(f"{spec} raised {type(exc).__name__}: {exc} ({frame.filename}:{frame.lineno})",
+                                where=where) from None
         try:
             scores = torch.as_tensor(out, dtype=torch.float32).reshape(-1)
         except (TypeError, ValueError, RuntimeError):
@@ -72,6 +78,10 @@ def checked_reward_fn(fn: RewardFn, spec: str, where: str) -> RewardFn:
         if scores is None or scores.numel() != len(responses_text):
             raise AlignkitError(f"{spec} returned {type(out).__name__}, not one float per response "
                                 f"({len(responses_text)})", where=where)
+        if not torch.isfinite(scores).all():  # one NaN would turn every advantage and the policy's weights to NaN
+            bad = int((~torch.isfinite(scores)).nonzero()[0])
+            raise AlignkitError(f"{spec} returned {float(scores[bad])} for response {bad} "
+                                f"({responses_text[bad][:60]!r}); rewards must be finite", where=where)
         return scores
 
     return reward_fn
