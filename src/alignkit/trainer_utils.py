@@ -63,10 +63,18 @@ def training_arguments(recipe: Recipe, run_dir: RunDir, has_eval: bool = False) 
     return TrainingArguments(**_known(TrainingArguments, training_kwargs(recipe, run_dir, has_eval)))
 
 
+# Recipe keys keep the names users know; transformers >= 5.25 renamed these (the old names warn until v6).
+RENAMED_TRAINING_ARGUMENTS = {"gradient_checkpointing": "activation_checkpointing",
+                              "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+
+
 def _known(cls: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     import dataclasses
 
     names = {f.name for f in dataclasses.fields(cls)}
+    for old, new in RENAMED_TRAINING_ARGUMENTS.items():
+        if old in kwargs and new in names and new not in kwargs:
+            kwargs = {**{k: v for k, v in kwargs.items() if k != old}, new: kwargs[old]}
     unknown = sorted(set(kwargs) - names)
     if unknown:
         raise AlignkitError(f"unknown trainer argument '{unknown[0]}'", where="train.trainer_kwargs")
