@@ -3,8 +3,8 @@
 Two calling conventions are accepted:
 - alignkit's: `fn(prompts_text, responses_text, prompt_ids, response_ids)` -> one float per response;
 - TRL's (GRPOTrainer's `reward_funcs`): keyword arguments `prompts`, `completions`, `completion_ids`, with
-  `**kwargs` for anything else, so a reward written for TRL runs here unchanged. A function that names a
-  `completions` parameter is called that way; `kwargs` then also carries `prompt_ids`. Prompts and
+  `**kwargs` for anything else, so a reward written for TRL runs here unchanged. A function that cannot
+  take four positional arguments but names a `completions` parameter is called that way; `kwargs` then also carries `prompt_ids`. Prompts and
   completions are texts (the chat-templated prompt, the decoded response), as TRL passes them for a
   standard dataset, not message lists.
 """
@@ -30,8 +30,10 @@ def _trl_style(fn: Callable[..., Any], signature: inspect.Signature) -> Callable
     passed = wanted if takes_any else wanted & set(params)
     required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
                 and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
-    if any(n not in passed for n in required):
-        return None
+    missing = [n for n in required if n not in passed]
+    if missing:
+        raise ValueError(f"takes TRL's reward arguments but also needs {', '.join(missing)}: alignkit passes "
+                         f"{', '.join(sorted(wanted))}, not dataset columns")
 
     def reward_fn(prompts_text, responses_text, prompt_ids, response_ids):
         values = {"prompts": prompts_text, "completions": responses_text, "completion_ids": response_ids,
@@ -55,12 +57,16 @@ def load_callable(spec: str) -> Callable[..., Any]:
         signature = inspect.signature(fn)
     except ValueError:
         return fn  # a builtin without a signature: checked when called
-    trl = _trl_style(fn, signature)
-    if trl is not None:
-        return trl
     try:
         signature.bind(*REWARD_ARGS)
+        return fn  # alignkit's convention: four positional arguments, whatever their names
     except TypeError:
+        pass
+    try:
+        trl = _trl_style(fn, signature)
+    except ValueError as exc:
+        raise ValueError(f"{spec} {exc}") from None
+    if trl is None:
         raise ValueError(f"{spec} must take ({', '.join(REWARD_ARGS)}), or TRL's keyword arguments "
-                         f"({', '.join(TRL_ARGS)}, **kwargs), and return one float per response") from None
-    return fn
+                         f"({', '.join(TRL_ARGS)}, **kwargs), and return one float per response")
+    return trl

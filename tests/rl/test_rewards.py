@@ -29,6 +29,12 @@ def trl_style(completions, **kwargs):
 def trl_named(prompts, completions, completion_ids):
     return [float(len(ids)) for ids in completion_ids]
 
+def four_positional(prompts, completions, prompt_ids, response_ids):
+    return [float(len(ids)) for ids in response_ids]
+
+def needs_answer(completions, answer, **kwargs):
+    return [0.0] * len(completions)
+
 def not_finite(prompts_text, responses_text, prompt_ids, response_ids):
     return [0.0, float("nan")]
 
@@ -63,7 +69,8 @@ def test_a_user_callable_reward_trains_the_policy(user_module, tiny, ppo_tokeniz
 def test_a_bad_user_reward_is_one_line_naming_the_key(user_module):
     for spec, message in [("no_such_module:fn", "cannot import no_such_module"),
                           (f"{user_module}:missing", "has no function missing"),
-                          (f"{user_module}:one_arg", "must take (prompts_text, responses_text, prompt_ids")]:
+                          (f"{user_module}:one_arg", "must take (prompts_text, responses_text, prompt_ids"),
+                          (f"{user_module}:needs_answer", "also needs answer: alignkit passes completion_ids")]:
         with pytest.raises(AlignkitError, match=message.replace("(", r"\(")) as err:
             import_reward_fn(spec, "rloo.reward")
         assert str(err.value).count("\n") == 0 and "rloo.reward" in str(err.value)
@@ -83,6 +90,9 @@ def test_a_reward_written_for_trl_runs_unchanged(user_module):
     assert trl(["ab", "abcd"], ["x", "yyy"], [[1], [1]], [[2], [2, 3, 4]]).tolist() == pytest.approx([1.002, 3.004])
     named = import_reward_fn(f"{user_module}:trl_named", "grpo.reward")
     assert named(["p"], ["x"], [[1]], [[2, 3]]).tolist() == [2.0]
+    # four positional parameters are alignkit's convention, whatever they are called
+    four = import_reward_fn(f"{user_module}:four_positional", "grpo.reward")
+    assert four(["p"], ["x"], [[1]], [[2, 3, 4]]).tolist() == [3.0]
 
 
 @pytest.mark.parametrize("stage", ["grpo", "rloo"])
