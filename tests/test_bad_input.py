@@ -168,6 +168,17 @@ LIGHT = [
 ]
 
 PREFLIGHT = [
+    Case("ppo_reward_model_is_a_language_model", ["train", "recipes/ppo.yaml", "output_dir={d}/out",
+                                                  "ppo.reward_model=data/models/tiny-sft"],
+         ("ppo.reward_model: data/models/tiny-sft is a LlamaForCausalLM, not a reward model",)),
+    Case("grpo_reward_adapter_is_a_causal_lm_adapter", ["train", "recipes/grpo.yaml", "output_dir={d}/out",
+                                                        "grpo.reward_model={d}/adapter"],
+         ("grpo.reward_model: {d}/adapter is a CAUSAL_LM adapter, not a reward model's (SEQ_CLS)",),
+         {"adapter/adapter_config.json": json.dumps({"base_model_name_or_path": "data/models/tiny-base",
+                                                     "peft_type": "LORA", "task_type": "CAUSAL_LM"})}),
+    Case("eval_reward_model_is_a_language_model", ["train", "recipes/eval_validation.yaml", "output_dir={d}/out",
+                                                   "eval.reward_model=data/models/tiny-ppo"],
+         ("eval.reward_model: data/models/tiny-ppo is a LlamaForCausalLM, not a reward model",)),
     Case("merge_out_is_the_run_holding_the_adapter", merge("out/model", "out"),
          ("merge output {d}/out: contains the adapter folder",), {"out/model/adapter_config.json": adapter_config()}),
     Case("merge_out_holds_other_runs", merge("adapter", "out"),

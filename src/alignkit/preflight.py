@@ -64,6 +64,7 @@ def preflight(recipe: Recipe, *, training: bool = False) -> None:
     check_text_files(recipe)
     check_eval_split(recipe)
     check_safetensors(recipe)
+    check_reward_heads(recipe)
     if training and recipe.hub is not None and recipe.hub.push_on_finish:
         check_hub_access("hub.push_on_finish")
     if recipe.stage == "pipeline":
@@ -319,6 +320,42 @@ def check_safetensors(recipe: Recipe) -> None:
             problem = safetensors_problem(file)
             if problem:
                 raise AlignkitError(f"{file}: {problem}; copy or download the model again", where=key)
+
+
+def scoring_reward_models(recipe: Recipe) -> list[tuple[str, str]]:
+    """(key, path) of every reward model whose score a run uses (not a critic's initialisation)."""
+    found: list[tuple[str, str]] = []
+    section = getattr(recipe, recipe.stage, None)
+    if recipe.stage in ("ppo", "grpo", "rloo") and section.reward == "model" and section.reward_model:
+        found.append((f"{recipe.stage}.reward_model", section.reward_model))
+    if recipe.stage == "eval":
+        if section.reward_model:
+            found.append(("eval.reward_model", section.reward_model))
+        if section.judge.type == "reward_model" and section.judge.path:
+            found.append(("eval.judge.path", section.judge.path))
+    return found
+
+
+def reward_head_problem(folder: Path) -> str | None:
+    """Why a local model folder is not a reward model (a causal LM's folder has no trained score head), or None."""
+    adapter = folder / "adapter_config.json"
+    if adapter.is_file():
+        task = json.loads(adapter.read_text()).get("task_type")
+        return None if task in (None, "SEQ_CLS") else f"is a {task} adapter, not a reward model's (SEQ_CLS)"
+    config = folder / "config.json"
+    architectures = json.loads(config.read_text()).get("architectures") if config.is_file() else None
+    if not architectures or any(a.endswith("ForSequenceClassification") for a in architectures):
+        return None
+    return f"is a {architectures[0]}, not a reward model: its score head would start random"
+
+
+def check_reward_heads(recipe: Recipe) -> None:
+    """A reward model that scores must have a trained score head; a language model's folder would load with a
+    random one, and PPO would then optimise noise without a word."""
+    for key, path in scoring_reward_models(recipe):
+        folder = local_path(path)
+        if folder is not None and folder.is_dir() and (problem := reward_head_problem(folder)):
+            raise AlignkitError(f"{path} {problem}; train one with stage: reward (recipes/reward.yaml)", where=key)
 
 
 # ---- Hub and pipeline ----------------------------------------------------------------------------------------------
