@@ -246,6 +246,10 @@ for _case in PREFLIGHT:
     _case.untouched = True
 
 HEAVY = [
+    Case("sft_every_row_holds_a_special_token", sft_data("special.jsonl"),
+         ("{d}/special.jsonl:1: every row holds a special token of the tokenizer as text (first: '<|endoftext|>')",),
+         {"special.jsonl": jsonl({"messages": [{"role": "user", "content": "Hi"},
+                                               {"role": "assistant", "content": "Bye.<|endoftext|>"}]})}),
     Case("oracle_judge_on_prompts_without_meta",
          ["train", "recipes/eval_validation.yaml", "output_dir={d}/out", "eval.prompts={d}/prompts.jsonl"],
          ("{d}/prompts.jsonl:2: the oracle needs the embedded world's `meta` on every prompt row",),

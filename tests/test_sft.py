@@ -337,3 +337,20 @@ def test_rows_with_nothing_trained_within_max_length_are_counted_and_none_left_i
     with pytest.raises(AlignkitError, match="no row of data.datasets has a trained token within 40 tokens"):
         sft.build_trainer(sft_recipe(tiny_model_dir, only_long, tmp_path / "run2", model={"max_length": 40}),
                           RunDir(tmp_path / "run2"))
+
+
+def test_rows_holding_a_special_token_as_text_are_dropped_with_a_count(tiny_tokenizer, tmp_path, caplog):
+    """A literal '<|endoftext|>' in an answer would train an EOS mid-answer: such rows are left out, counted."""
+    from alignkit.config.base import DatasetSpec
+    from alignkit.sft import load_sft_dataset, special_token_strings
+
+    path = tmp_path / "d.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}"},
+                          {"role": "assistant", "content": "A <|endoftext|> B" if i == 2 else "A"}]} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    specials = special_token_strings(tiny_tokenizer)
+    assert tiny_tokenizer.eos_token in specials
+    with caplog.at_level("WARNING"):
+        ds = load_sft_dataset([DatasetSpec(path=str(path))], "data.datasets", specials)
+    assert [r["messages"][0]["content"] for r in ds] == ["Q0", "Q1", "Q3"]
+    assert "dropped 1 of 4 rows" in caplog.text and "at row 3" in caplog.text

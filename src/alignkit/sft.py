@@ -16,7 +16,7 @@ from typing import Any
 
 from alignkit.config import Recipe
 from alignkit.config.base import DatasetSpec
-from alignkit.data.formats import normalize_sft_rows
+from alignkit.data.formats import normalize_sft_rows, special_token_rows
 from alignkit.data.loading import load_spec
 from alignkit.data.templates import needs_prefix_masks, require_chat_template, tokenize_with_assistant_masks
 from alignkit.errors import AlignkitError
@@ -42,8 +42,12 @@ VARLEN_ATTENTION = {"flash_attention_2", "flash_attention_3", "kernels-community
 PACKING_SAFE_ATTENTION = {"sdpa", "eager", "flex_attention", *VARLEN_ATTENTION}
 
 
-def load_sft_dataset(specs: list[DatasetSpec], where: str) -> Any:
-    """Load and normalise datasets into one TRL SFT format (messages, prompt/completion or text)."""
+def load_sft_dataset(specs: list[DatasetSpec], where: str, special_tokens: list[str] = ()) -> Any:
+    """Load and normalise datasets into one TRL SFT format (messages, prompt/completion or text).
+
+    Rows whose text holds one of `special_tokens` as a string are dropped with a warning (see
+    drop_special_token_rows).
+    """
     import datasets
 
     rows: list[dict[str, Any]] = []
@@ -51,16 +55,42 @@ def load_sft_dataset(specs: list[DatasetSpec], where: str) -> Any:
         if spec.streaming:
             raise AlignkitError("streaming is supported for pretraining only", where=f"{where}.{i}.streaming")
         ds = load_spec(spec, where=f"{where}.{i}")
-        rows.extend(normalize_sft_rows(ds, spec.format, source=spec.path))
+        rows.extend(drop_special_token_rows(normalize_sft_rows(ds, spec.format, source=spec.path), special_tokens,
+                                            spec.path))
     normalize_sft_rows(rows, "auto", source=where)  # one format across all datasets
     return datasets.Dataset.from_list(rows)
 
 
-def split_eval(recipe: Recipe, train: Any) -> tuple[Any, Any]:
+def special_token_strings(tokenizer: Any) -> list[str]:
+    """The tokenizer's special tokens as text: the named ones and every added token marked special."""
+    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+    return sorted(set(tokenizer.all_special_tokens) | set(added))
+
+
+def drop_special_token_rows(rows: list[dict[str, Any]], special_tokens: list[str], source: str) -> list[dict]:
+    """Rows without a special token's text; the others dropped with a count, or an error if none is left.
+
+    A literal '<|endoftext|>' (or a turn marker) in the data is read by the tokenizer as the token itself, so
+    the model would learn to end, or open a turn, in the middle of an answer. TRL trains on it silently.
+    """
+    found = special_token_rows(rows, special_tokens)
+    if not found:
+        return rows
+    index, token = found[0]
+    if len(found) == len(rows):
+        raise AlignkitError(f"every row holds a special token of the tokenizer as text (first: {token!r}), "
+                            "which it would read as that token; remove them from the data", where=f"{source}:{index + 1}")
+    log.warning("dropped %d of %d rows of %s holding a special token of the tokenizer as text (first: %r at row %d); "
+                "the tokenizer would read it as that token", len(found), len(rows), source, token, index + 1)
+    bad = {i for i, _ in found}
+    return [row for i, row in enumerate(rows) if i not in bad]
+
+
+def split_eval(recipe: Recipe, train: Any, special_tokens: list[str] = ()) -> tuple[Any, Any]:
     """The eval set: eval_datasets if given, else a held-out share of train (or none)."""
     data = recipe.data
     if data.eval_datasets:
-        return train, load_sft_dataset(data.eval_datasets, "data.eval_datasets")
+        return train, load_sft_dataset(data.eval_datasets, "data.eval_datasets", special_tokens)
     if data.eval_split_size > 0:
         parts = train.train_test_split(test_size=data.eval_split_size, seed=data.shuffle_seed)
         return parts["train"], parts["test"]
@@ -210,7 +240,8 @@ def check_rows_left(prepared: Any, given: int, max_length: int, where: str) -> N
 def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
     """An SFTTrainer with tokenized data, the model (full, LoRA or QLoRA) and alignkit's callback."""
     tokenizer = load_tokenizer(recipe.model)
-    train_ds, eval_ds = split_eval(recipe, load_sft_dataset(recipe.data.datasets, "data.datasets"))
+    specials = special_token_strings(tokenizer)
+    train_ds, eval_ds = split_eval(recipe, load_sft_dataset(recipe.data.datasets, "data.datasets", specials), specials)
     conversational = "messages" in train_ds.column_names or isinstance(train_ds[0].get("prompt"), list)
     if conversational:
         require_chat_template(tokenizer)

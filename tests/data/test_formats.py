@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alignkit.config.base import DatasetSpec
-from alignkit.data.formats import detect_format, normalize_sft_rows, to_messages
+from alignkit.data.formats import detect_format, normalize_sft_rows, special_token_rows, to_messages
 from alignkit.data.loading import load_spec
 from alignkit.errors import AlignkitError
 
@@ -112,3 +112,13 @@ def test_column_mapping_at_load(jsonl_file):
     spec = DatasetSpec(path=str(path), columns={"prompt": "question", "completion": "answer"})
     rows = normalize_sft_rows(load_spec(spec), spec.format, str(path))
     assert rows[1] == {"prompt": "3+3=", "completion": "6"}
+
+
+def test_rows_holding_a_special_token_as_text_are_found():
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo<|eot|> there"}]},
+            {"prompt": "<|user|>x", "completion": "y"},
+            {"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "assistant", "content": "b <|eot|>"}]},
+            {"text": "plain <| not a token |>"}]
+    assert special_token_rows(rows, ["<|eot|>", "<|user|>", "x"]) == [(1, "<|eot|>"), (2, "<|user|>"), (3, "<|eot|>")]
+    assert special_token_rows(rows, []) == []

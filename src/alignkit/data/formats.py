@@ -13,6 +13,8 @@ Formats (column names after the recipe's `columns` mapping):
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterable
 from typing import Any
 
@@ -157,3 +159,33 @@ def _kind(row: dict[str, Any]) -> str:
 
 def _missing_columns(row: dict[str, Any], kind: str) -> str | None:
     return next((c for c in FORMAT_COLUMNS[kind] if c not in row), None)
+
+
+def row_texts(row: dict[str, Any]) -> list[str]:
+    """Every text a normalised SFT row holds (message contents, prompt, completion or text)."""
+    texts: list[str] = []
+    for key in ("messages", "prompt", "completion", "text"):
+        value = row.get(key)
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, list):
+            texts.extend(m["content"] for m in value if isinstance(m, dict) and isinstance(m.get("content"), str))
+    return texts
+
+
+def special_token_rows(rows: list[dict[str, Any]], special_tokens: Iterable[str]) -> list[tuple[int, str]]:
+    """(index, token) of the rows whose text holds a special token's string, e.g. a literal '<|endoftext|>'.
+
+    The tokenizer reads such text as the token itself: an EOS in the middle of an answer, or a fake turn
+    marker, which the model then learns.
+    """
+    tokens = sorted({t for t in special_tokens if len(t) > 1}, key=len, reverse=True)
+    if not tokens:
+        return []
+    pattern = re.compile("|".join(map(re.escape, tokens)))
+    found = []
+    for i, row in enumerate(rows):
+        match = next((m for text in row_texts(row) if (m := pattern.search(text))), None)
+        if match:
+            found.append((i, match.group()))
+    return found
