@@ -2,36 +2,37 @@
 # Retrain and reship the tiny chat models from their recipes, in order (data/models/README.md):
 #   bash scripts/ship_models.sh            # SFT -> annotate -> RM -> PPO (keeps the shipped tiny-base)
 #   bash scripts/ship_models.sh --base     # pretrain tiny-base first (about 15 min on 2 idle cores)
-# Each step writes runs/<name>/ and copies the result into data/models/ only after it finished.
+# Runs go to runs/ship_models/<step>/ (this script's own folders: a rerun replaces only them); a step's model
+# replaces its folder in data/models/ only after the step finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 AK=${AK:-.venv/bin/alignkit}
-step() { echo "== $1 ($(date +%T))"; }
-ship() {  # ship <source folder> <data/models name>: replace the shipped folder only once the new one is complete
-    rm -rf "data/models/.$2.new" && cp -r "$1" "data/models/.$2.new"
-    rm -f "data/models/.$2.new/.alignkit-merge.json"  # merge's own bookkeeping, not part of the model
-    rm -rf "data/models/$2" && mv "data/models/.$2.new" "data/models/$2"
+OUT=runs/ship_models
+train() {  # train <step> <recipe>: the recipe's run in $OUT/<step>
+    echo "== $1 ($(date +%T))"
+    "$AK" train "$2" output_dir="$OUT/$1" train.overwrite_output_dir=true
+}
+ship() {  # ship <step> <model folder> <data/models name>: with <step>_run.json; the old folder goes last
+    local new="data/models/.$3.new" old="data/models/.$3.old"
+    rm -rf "$new" "$old"  # only what an interrupted earlier ship left
+    cp -r "$2" "$new" && rm -f "$new/.alignkit-merge.json"  # merge's own bookkeeping, not part of the model
+    cp "$OUT/$1/run.json" "$new/$1_run.json"
+    if [[ -d "data/models/$3" ]]; then mv "data/models/$3" "$old"; fi
+    mv "$new" "data/models/$3" && rm -rf "$old"
 }
 if [[ "${1:-}" == "--base" ]]; then
-    step pretrain
-    "$AK" train recipes/pretrain_tiny.yaml train.overwrite_output_dir=true
-    cp runs/pretrain_tiny/run.json runs/pretrain_tiny/model/pretrain_run.json
-    ship runs/pretrain_tiny/model tiny-base
+    train pretrain recipes/pretrain_tiny.yaml
+    ship pretrain "$OUT/pretrain/model" tiny-base
 fi
-step sft
-"$AK" train recipes/sft_lora.yaml train.overwrite_output_dir=true
-rm -rf runs/sft_lora/merged && "$AK" merge runs/sft_lora/model --out runs/sft_lora/merged
-cp runs/sft_lora/run.json runs/sft_lora/merged/sft_run.json
-ship runs/sft_lora/merged tiny-sft
-step annotate   # the SFT model's own samples, ranked by the noisy annotator (the RM's second dataset)
+train sft recipes/sft_lora.yaml
+"$AK" merge "$OUT/sft/model" --out "$OUT/sft/merged"  # replaces only an earlier merge output
+ship sft "$OUT/sft/merged" tiny-sft
+echo "== annotate ($(date +%T))"  # the SFT model's own samples, ranked by the noisy annotator (the RM's second dataset)
 "$PY" -m alignkit.research.annotate --model data/models/tiny-sft --out data/world/preferences_sft.jsonl
-step reward
-"$AK" train recipes/reward.yaml train.overwrite_output_dir=true
-cp runs/reward/run.json runs/reward/model/reward_run.json
-ship runs/reward/model tiny-rm
-step ppo
-"$AK" train recipes/ppo.yaml train.overwrite_output_dir=true
-cp runs/ppo/run.json runs/ppo/model/ppo_run.json && cp runs/ppo/ppo_curves.png runs/ppo/model/
-ship runs/ppo/model tiny-ppo
-step done
+train reward recipes/reward.yaml
+ship reward "$OUT/reward/model" tiny-rm
+train ppo recipes/ppo.yaml
+cp "$OUT/ppo/ppo_curves.png" "$OUT/ppo/model/"
+ship ppo "$OUT/ppo/model" tiny-ppo
+echo "== done ($(date +%T))"

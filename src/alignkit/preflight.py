@@ -326,7 +326,7 @@ def scoring_reward_models(recipe: Recipe) -> list[tuple[str, str]]:
     """(key, path) of every reward model whose score a run uses (not a critic's initialisation)."""
     found: list[tuple[str, str]] = []
     section = getattr(recipe, recipe.stage, None)
-    if recipe.stage in ("ppo", "grpo", "rloo") and section.reward == "model" and section.reward_model:
+    if getattr(section, "reward", None) == "model" and section.reward_model:  # the online-RL stages
         found.append((f"{recipe.stage}.reward_model", section.reward_model))
     if recipe.stage == "eval":
         if section.reward_model:

@@ -69,6 +69,7 @@ RENAMED_TRAINING_ARGUMENTS = {"gradient_checkpointing": "activation_checkpointin
 
 
 def _known(cls: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """kwargs under the names `cls` takes (RENAMED_TRAINING_ARGUMENTS); an unknown one is a user error."""
     import dataclasses
 
     names = {f.name for f in dataclasses.fields(cls)}

@@ -14,7 +14,6 @@ Formats (column names after the recipe's `columns` mapping):
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterable
 from typing import Any
 
