@@ -295,6 +295,9 @@ def test_lm_loss_coef_needs_the_ranking_loss(tiny_model_dir, world, tmp_path):
     with pytest.raises(Exception, match="lm_loss_coef needs loss: ranking"):
         reward_recipe(tiny_model_dir, world["train"], world["heldout"], tmp_path / "x",
                       reward={"loss": "pairwise", "lm_loss_coef": 0.5})
+    with pytest.raises(Exception, match="lm_surprise_weight needs lm_surprise: true"):
+        reward_recipe(tiny_model_dir, world["train"], world["heldout"], tmp_path / "x",
+                      reward={"lm_surprise_weight": 0.1})
 
 
 # ---- QLoRA: model/ is the model that was trained and evaluated (dequantized, then merged) -------------
@@ -418,18 +421,22 @@ def test_fit_lm_weight_is_positive_only_when_the_surprise_explains_the_compariso
     assert reward.fit_lm_weight(misleading, rows, seed=0, n=4) == 0.0
 
 
-def test_lm_surprise_reward_model_saves_its_lm_and_scores_alike_in_every_path(tmp_path, tiny_model_dir, world):
-    """reward.lm_surprise: the fitted weight and model/lm/ are saved; the scorer that loads them scores
-    (prompt, response) texts as PPO's id-based reward does; a folder without lm/ is refused in one line."""
+@pytest.mark.parametrize("fixed", [None, 0.25])
+def test_lm_surprise_reward_model_saves_its_lm_and_scores_alike_in_every_path(tmp_path, tiny_model_dir, world, fixed):
+    """reward.lm_surprise: the weight (fitted, or reward.lm_surprise_weight) and model/lm/ are saved; the scorer
+    that loads them scores (prompt, response) texts as PPO's id-based reward does; a folder without lm/ is
+    refused in one line."""
     import shutil
 
     from alignkit.reward_model import LM_WEIGHT_KEY, RewardScorer, lm_surprise, sequence_scores
     from alignkit.rl.rewards import scorer_reward_fn
 
     out = tmp_path / "run"
-    recipe = reward_recipe(tiny_model_dir, world["train"], world["heldout"], out, reward={"lm_surprise": True})
+    recipe = reward_recipe(tiny_model_dir, world["train"], world["heldout"], out,
+                           reward={"lm_surprise": True, "lm_surprise_weight": fixed})
     metrics = reward.run(recipe, RunDir(out), "reward.yaml")
     weight = metrics["lm_surprise_weight"]
+    assert weight == (metrics["lm_surprise_weight_fitted"] if fixed is None else fixed)
     config = json.loads((out / "model" / "config.json").read_text())
     assert config[LM_WEIGHT_KEY] == weight and weight >= 0.0
     scorer = RewardScorer.from_pretrained(str(out / "model"))

@@ -403,9 +403,10 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     if section.lm_surprise:
         lm = load_causal_lm(recipe.model).eval()
         scorer.lm = lm
-        scorer.lm_weight = fit_lm_weight(scorer, train_rows, recipe.seed, section.accuracy_samples)
-        metrics["lm_surprise_weight"] = scorer.lm_weight
-        log.info("LM surprise weight fitted on the training comparisons: %.4g", scorer.lm_weight)
+        fitted = fit_lm_weight(scorer, train_rows, recipe.seed, section.accuracy_samples)
+        scorer.lm_weight = fitted if section.lm_surprise_weight is None else section.lm_surprise_weight
+        metrics.update(lm_surprise_weight=scorer.lm_weight, lm_surprise_weight_fitted=fitted)
+        log.info("LM surprise weight %.4g (fitted on the training comparisons: %.4g)", scorer.lm_weight, fitted)
     if section.normalize:
         mean, std = normalization(recipe, scorer, tokenizer, train_rows)
         bias, scale = -mean, (std if section.normalize_std and std > 0 else 1.0)

@@ -41,9 +41,15 @@ class RewardSection(Section):
         False, description="add w * the init language model's surprise at the response's least likely token, "
         "min_t (log p(y_t) - max_v log p(v)), with w >= 0 fitted on the training comparisons: lets a small reward "
         "model judge facts its LM knows but its head cannot read; the LM is saved in model/lm/")
+    lm_surprise_weight: float | None = Field(
+        None, ge=0, description="a fixed w for lm_surprise instead of the fitted one (the fit still runs and is "
+        "reported as lm_surprise_weight_fitted): the fit weighs every training comparison alike, most of them about "
+        "form, so a weight chosen by the PPO result on validation prompts can differ")
 
     @model_validator(mode="after")
-    def _lm_loss_needs_ranking(self) -> RewardSection:
+    def _options_fit_together(self) -> RewardSection:
         if self.lm_loss_coef and self.loss != "ranking":
             raise ValueError("lm_loss_coef needs loss: ranking")
+        if self.lm_surprise_weight is not None and not self.lm_surprise:
+            raise ValueError("lm_surprise_weight needs lm_surprise: true")
         return self
