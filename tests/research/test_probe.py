@@ -124,14 +124,24 @@ def test_fact_contrast_reads_an_lm_by_likelihood_and_a_reward_model_by_score(tmp
     assert 0.0 <= lm["prefers_true_value"] <= 1.0 and set(scored["by_task"]) == {"fact"}
 
 
-def test_the_shipped_sft_model_knows_facts_its_reward_model_cannot_read():
-    """The finding behind the reward model's ceiling (docs/winrate_embedded_world.md): with the form held
-    fixed, the SFT language model prefers the true value almost always; the reward model built on it is
-    near chance."""
+def test_the_shipped_reward_model_reads_facts_through_its_lm_not_its_head(tmp_path):
+    """The finding behind the reward model's design (docs/winrate_embedded_world.md): with the form held fixed,
+    the SFT language model prefers the true value almost always; the reward model's head built on it is near
+    chance, and the shipped reward model reads the fact through its LM's surprise term."""
+    import shutil
+
+    from alignkit.reward_model import LM_WEIGHT_KEY
     from tests.conftest import REPO
 
     rows = [json.loads(line) for line in (REPO / "data/world/validation_prompts.jsonl").read_text().splitlines()]
     lm = probe.fact_contrast(str(REPO / "data/models/tiny-sft"), rows)
-    rm = probe.fact_contrast(str(REPO / "data/models/tiny-rm"), rows)
+    shipped = probe.fact_contrast(str(REPO / "data/models/tiny-rm"), rows)
+    head = tmp_path / "head-only"
+    shutil.copytree(REPO / "data/models/tiny-rm", head, ignore=shutil.ignore_patterns("lm"))
+    config = json.loads((head / "config.json").read_text())
+    assert config[LM_WEIGHT_KEY] > 0
+    (head / "config.json").write_text(json.dumps({**config, LM_WEIGHT_KEY: 0.0}))
+    head_only = probe.fact_contrast(str(head), rows)
     assert lm["by_task"]["fact"] >= 0.95
-    assert rm["prefers_true_value"] <= 0.65
+    assert head_only["prefers_true_value"] <= 0.65
+    assert shipped["prefers_true_value"] >= 0.85
