@@ -107,6 +107,18 @@ def test_model_card(finished_run: Path) -> None:
     assert "beta: 0.1" in card and TOKEN not in card
 
 
+def test_reward_model_card_says_how_the_score_is_read(finished_run: Path) -> None:
+    """A reward model's card names its normalisation and, when it has one, the LM term plain transformers omits."""
+    run_json = finished_run / "run.json"
+    for weight, says_lm in ((0.0, False), (0.15, True)):
+        run_json.write_text(json.dumps({"status": "complete", "stage": "reward", "finished_at": "2026-01-01",
+                                        "metrics": {"heldout_accuracy": 0.83, "lm_surprise_weight": weight}}))
+        card = render_card(finished_run, "someone/tiny-rm")
+        assert "## Scoring" in card and "alignkit_reward_bias" in card
+        assert ("0.15 x the surprise of the language model in `lm/`" in card) is says_lm
+        assert ("RewardScorer.from_pretrained" in card) is says_lm
+
+
 def _all_text(folder: Path, skip: Path) -> str:
     return "".join(p.read_bytes().decode("latin-1") for p in folder.rglob("*") if p.is_file() and p != skip)
 

@@ -79,6 +79,22 @@ def subset_table(metrics: dict[str, Any]) -> str:
     return "\n".join(["\n## Held-out accuracy by subset\n", "| subset | accuracy | pairs |", "|---|---|---|", *rows])
 
 
+def scoring_note(stage: str, metrics: dict[str, Any]) -> str:
+    """How a reward model's score is read: its normalisation, and the LM term that plain transformers leaves out."""
+    if stage != "reward":
+        return ""
+    note = ("\n## Scoring\n\nThe score is the classification head's output at the last token, shifted by "
+            "`alignkit_reward_bias` and divided by `alignkit_reward_scale` (config.json, or alignkit_reward.json "
+            "beside an adapter) so that the policy's own samples score about 0.")
+    weight = metrics.get("lm_surprise_weight") or 0.0
+    if weight:
+        note += (f" It adds {weight:g} x the surprise of the language model in `lm/` at the response's least likely "
+                 "token, min_t (log p(y_t) - max_v log p(v)). Loaded with plain transformers the model gives the "
+                 "head alone; `alignkit.reward_model.RewardScorer.from_pretrained(path).score(prompts, responses)` "
+                 "gives the whole score.")
+    return note
+
+
 def render_card(run_dir: str | Path, repo_id: str, is_adapter: bool = False, license_id: str = "apache-2.0") -> str:
     """README.md for the Hub: YAML front matter + description, recipe (redacted), metrics, win rates."""
     rd = RunDir(run_dir)
@@ -96,6 +112,7 @@ def render_card(run_dir: str | Path, repo_id: str, is_adapter: bool = False, lic
         "This repository holds a PEFT LoRA adapter; load it on its base model." if is_adapter else "",
         f"\n## Training metrics\n\nFinished {summary.get('finished_at', '?')}.\n\n{metrics_table(summary.get('metrics', {}))}",
         subset_table(summary.get("metrics", {})),
+        scoring_note(stage, summary.get("metrics", {})),
     ]
     report = find_report(rd)
     if report is not None:
