@@ -291,7 +291,7 @@ def test_lm_loss_coef_keeps_the_backbone_a_language_model(tmp_path, tiny_model_d
     assert losses[1.0] < losses[0.0]
 
 
-def test_lm_loss_coef_needs_the_ranking_loss(tiny_model_dir, world, tmp_path):
+def test_reward_options_that_need_another_are_refused_alone(tiny_model_dir, world, tmp_path):
     with pytest.raises(Exception, match="lm_loss_coef needs loss: ranking"):
         reward_recipe(tiny_model_dir, world["train"], world["heldout"], tmp_path / "x",
                       reward={"loss": "pairwise", "lm_loss_coef": 0.5})

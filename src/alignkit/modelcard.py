@@ -85,7 +85,7 @@ def scoring_note(stage: str, metrics: dict[str, Any]) -> str:
         return ""
     note = ("\n## Scoring\n\nThe score is the classification head's output at the last token, shifted by "
             "`alignkit_reward_bias` and divided by `alignkit_reward_scale` (config.json, or alignkit_reward.json "
-            "beside an adapter) so that the policy's own samples score about 0.")
+            "beside an adapter); with reward.normalize the policy's own samples score about 0.")
     weight = metrics.get("lm_surprise_weight") or 0.0
     if weight:
         note += (f" It adds {weight:g} x the surprise of the language model in `lm/` at the response's least likely "

@@ -39,7 +39,7 @@ class RewardSection(Section):
 
     lm_surprise: bool = Field(
         False, description="add w * the init language model's surprise at the response's least likely token, "
-        "min_t (log p(y_t) - max_v log p(v)), with w >= 0 fitted on the training comparisons: lets a small reward "
+        "min_t (log p(y_t) - max_v log p(v)), with w >= 0 fitted on the training comparisons (or lm_surprise_weight): lets a small reward "
         "model judge facts its LM knows but its head cannot read; the LM is saved in model/lm/")
     lm_surprise_weight: float | None = Field(
         None, ge=0, description="a fixed w for lm_surprise instead of the fitted one (the fit still runs and is "
