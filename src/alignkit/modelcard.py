@@ -10,7 +10,7 @@ import yaml
 
 from alignkit.config.base import looks_local
 from alignkit.config.registry import REGISTRY
-from alignkit.runio import RunDir, redact
+from alignkit.runio import BIAS_KEY, LM_FOLDER, NORMALIZATION_FILE, SCALE_KEY, RunDir, redact
 
 
 def stage_tags(stage: str) -> list[str]:
@@ -84,11 +84,11 @@ def scoring_note(stage: str, metrics: dict[str, Any]) -> str:
     if stage != "reward":
         return ""
     note = ("\n## Scoring\n\nThe score is the classification head's output at the last token, shifted by "
-            "`alignkit_reward_bias` and divided by `alignkit_reward_scale` (config.json, or alignkit_reward.json "
+            f"`{BIAS_KEY}` and divided by `{SCALE_KEY}` (config.json, or {NORMALIZATION_FILE} "
             "beside an adapter); with reward.normalize the policy's own samples score about 0.")
     weight = metrics.get("lm_surprise_weight") or 0.0
     if weight:
-        note += (f" It adds {weight:g} x the surprise of the language model in `lm/` at the response's least likely "
+        note += (f" It adds {weight:g} x the surprise of the language model in `{LM_FOLDER}/` at the response's least likely "
                  "token, min_t (log p(y_t) - max_v log p(v)). Loaded with plain transformers the model gives the "
                  "head alone; `alignkit.reward_model.RewardScorer.from_pretrained(path).score(prompts, responses)` "
                  "gives the whole score.")

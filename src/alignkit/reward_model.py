@@ -28,10 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.models import position_ids_from_mask
-
-NORMALIZATION_FILE = "alignkit_reward.json"
-BIAS_KEY, SCALE_KEY = "alignkit_reward_bias", "alignkit_reward_scale"
-LM_WEIGHT_KEY, LM_FOLDER = "alignkit_lm_surprise_weight", "lm"
+from alignkit.runio import BIAS_KEY, LM_FOLDER, LM_WEIGHT_KEY, NORMALIZATION_FILE, SCALE_KEY  # noqa: F401 (re-exported)
 
 
 def pairwise_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,

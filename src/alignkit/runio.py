@@ -38,6 +38,11 @@ ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: its presence makes a model fol
 # How the 4/8-bit base of an adapter was built: `alignkit merge` and reward-model loading rebuild the same
 # quantized base from it (an adapter learned to correct the quantized weights, not the original ones).
 QUANT_FILE = "alignkit_quantization.json"
+# Where a reward model keeps how its score is read (config.json keys, or this file beside an adapter), and
+# the folder of the language model whose surprise it adds (reward.lm_surprise).
+NORMALIZATION_FILE = "alignkit_reward.json"
+BIAS_KEY, SCALE_KEY = "alignkit_reward_bias", "alignkit_reward_scale"
+LM_WEIGHT_KEY, LM_FOLDER = "alignkit_lm_surprise_weight", "lm"
 # Key names that hold credentials (not e.g. `eos_token` or `train_tokens`).
 SECRET_KEY = re.compile(
     r"^(hf_|hub_|api_|access_|auth_|bearer_)?token$|secret|password|passwd|api[_-]?key|authorization",
