@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from alignkit.world import oracle
 
 META = {"task": "fact", "entity": "Bresbis", "expected": ["Eastvale"], "conflicts": [["Northmoor"]],
         "reference": "Bresbis is in Eastvale.", "harmful": False, "forbidden": []}
+MODELS = Path(__file__).resolve().parents[2] / "data" / "models"
 RIGHT = oracle.score(META, "Bresbis is in Eastvale.")
 WRONG = oracle.score(META, "Bresbis is in Northmoor.")
 
@@ -43,3 +45,26 @@ def test_headroom_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
     assert report["n_prompts"] == 3 and set(report["tasks"]) == {str(tiny_model_dir), f"{tiny_model_dir}@0.5"}
     win = report["expected_win_rate"][f"{tiny_model_dir}@0.5"]
     assert 0.0 <= win["all"] <= 1.0 and set(win) == {"all", "fact"}
+
+
+def test_pick_best_takes_each_prompts_highest_reward_first_on_ties():
+    a, b = [{"text": "a0"}, {"text": "a1"}], [{"text": "b0"}, {"text": "b1"}]
+    assert headroom.pick_best([a, b], [[1.0, 0.0], [0.5, 2.0]]) == [a[0], b[1]]
+    assert headroom.pick_best([a, b], [[1.0, 1.0], [1.0, 1.0]]) == a
+
+
+def test_best_of_n_entry_is_compared_with_every_model(tmp_path):
+    rows = [json.loads(line) for line in
+            (MODELS.parent / "world" / "validation_prompts.jsonl").read_text().splitlines()[:4]]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sft = str(MODELS / "tiny-sft")
+    report = headroom.headroom([sft, f"{sft}@0.5"], str(prompts), samples=2, best_of=3,
+                               reward_model=str(MODELS / "tiny-rm"))
+    bon = f"{sft}#best-of-3"
+    assert set(report["tasks"]) == {sft, f"{sft}@0.5", bon}
+    assert set(report["expected_win_rate"]) == {f"{sft}@0.5", bon}
+    assert set(report["expected_win_rate_vs_best_of"]) == {f"{sft}@0.5"}
+    assert 0.0 <= report["expected_win_rate_vs_best_of"][f"{sft}@0.5"]["all"] <= 1.0
+    with pytest.raises(ValueError, match="reward-model"):
+        headroom.headroom([sft], str(prompts), samples=1, best_of=2)

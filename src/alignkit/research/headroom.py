@@ -1,7 +1,8 @@
 """Where a policy wins and loses against another, per task and rubric part, with the sampling noise averaged out.
 
     python -m alignkit.research.headroom data/models/tiny-sft data/models/tiny-ppo data/models/tiny-ppo@0.5 \
-        [--prompts data/world/validation_prompts.jsonl] [--samples 8] [--out headroom.json]
+        [--prompts data/world/validation_prompts.jsonl] [--samples 8] [--out headroom.json] \
+        [--best-of 16 --reward-model data/models/tiny-rm]
 
 Samples `--samples` responses per prompt from each model (MODEL@T samples at temperature T, default 1.0, the
 eval recipes' setting), scores them with the world's oracle and reports, per task: the mean of each rubric
@@ -9,6 +10,10 @@ part and the share of perfect answers. Every model after the first is compared w
 expected win rate: over all sample pairs of a prompt, a win counts 1 and a tie half, averaged over prompts.
 One sampled answer per prompt (what the eval report judges) is a noisy draw of that number; this is the
 number itself. Use it on the validation prompts, never to tune on the eval set.
+
+`--best-of N --reward-model RM` adds the reward model's best-of-N of the first model (each of its `--samples`
+answers per prompt is the RM's pick among N fresh samples; entry "<first>#best-of-N"), and compares every
+model with it too: the baseline a policy trained on that reward model should match at a lower KL.
 """
 
 from __future__ import annotations
@@ -63,9 +68,10 @@ def expected_win_rate(rows: Sequence[dict], a: Sequence[Sequence[oracle.OracleSc
                                                         for t, v in sorted(per_task.items())}}
 
 
-def sample_scores(spec: str, rows: Sequence[dict], samples: int, seed: int = 1000,
-                  max_new_tokens: int = 48) -> list[list[oracle.OracleScore]]:
-    """Oracle scores of `samples` sampled answers per prompt from the model `spec` (path or path@T)."""
+def sample_answers(spec: str, rows: Sequence[dict], seeds: Sequence[int],
+                   max_new_tokens: int = 48) -> list[list[dict[str, Any]]]:
+    """One sampled answer per prompt for each seed from the model `spec` (path or path@T): [seed][prompt]
+    dicts with "text" and "ended"."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignkit.eval.generate import Sampling, generate
@@ -74,23 +80,63 @@ def sample_scores(spec: str, rows: Sequence[dict], samples: int, seed: int = 100
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+    return [generate(model, tokenizer, texts, Sampling(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                       batch_size=100, seed=seed), desc=f"{spec} {i + 1}/{len(seeds)}")
+            for i, seed in enumerate(seeds)]
+
+
+def sample_scores(spec: str, rows: Sequence[dict], samples: int, seed: int = 1000,
+                  max_new_tokens: int = 48) -> list[list[oracle.OracleScore]]:
+    """Oracle scores of `samples` sampled answers per prompt from the model `spec` (path or path@T)."""
+    answers = sample_answers(spec, rows, [seed + s for s in range(samples)], max_new_tokens)
+    return [[oracle.score(r["meta"], d["text"], d["ended"]) for r, d in zip(rows, done, strict=True)]
+            for done in answers]
+
+
+def pick_best(candidates: Sequence[Sequence[dict[str, Any]]], rewards: Sequence[Sequence[float]]) -> list[dict]:
+    """Per prompt, the candidate with the highest reward (the first on ties): candidates[k][prompt]."""
+    return [candidates[max(range(len(candidates)), key=lambda k: (rewards[k][j], -k))][j]
+            for j in range(len(candidates[0]))]
+
+
+def best_of_n_scores(spec: str, rows: Sequence[dict], samples: int, n: int, reward_model: str, seed: int = 1000,
+                     max_new_tokens: int = 48) -> list[list[oracle.OracleScore]]:
+    """Oracle scores of `samples` best-of-n answers per prompt: each the reward model's pick among n samples
+    of `spec`, drawn with seeds apart from sample_scores' (seed + 100,000 on)."""
+    from alignkit.reward_model import RewardScorer
+
+    scorer = RewardScorer.from_pretrained(reward_model)
     out = []
     for s in range(samples):
-        done = generate(model, tokenizer, texts, Sampling(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                          batch_size=100, seed=seed + s), desc=f"{spec} {s + 1}")
-        out.append([oracle.score(r["meta"], d["text"], d["ended"]) for r, d in zip(rows, done, strict=True)])
+        group = sample_answers(spec, rows, [seed + 100_000 + s * n + k for k in range(n)], max_new_tokens)
+        rewards = [scorer.score([r["prompt"] for r in rows], [d["text"] for d in done],
+                                [d["ended"] for d in done]).tolist() for done in group]
+        out.append([oracle.score(r["meta"], d["text"], d["ended"])
+                    for r, d in zip(rows, pick_best(group, rewards), strict=True)])
     return out
 
 
-def headroom(specs: Sequence[str], prompts: str, samples: int = 8, seed: int = 1000) -> dict[str, Any]:
+def headroom(specs: Sequence[str], prompts: str, samples: int = 8, seed: int = 1000, best_of: int = 0,
+             reward_model: str | None = None) -> dict[str, Any]:
     """The report described in the module docstring."""
+    if best_of and not reward_model:
+        raise ValueError("--best-of needs --reward-model")
     rows = [json.loads(line) for line in Path(prompts).read_text().splitlines() if line.strip()]
     scores = {spec: sample_scores(spec, rows, samples, seed) for spec in specs}
     first = specs[0]
-    return {"prompts": prompts, "n_prompts": len(rows), "samples": samples,
-            "tasks": {spec: task_table(rows, s) for spec, s in scores.items()},
-            "expected_win_rate_vs": first,
-            "expected_win_rate": {spec: expected_win_rate(rows, scores[spec], scores[first]) for spec in specs[1:]}}
+    report = {"prompts": prompts, "n_prompts": len(rows), "samples": samples,
+              "tasks": {spec: task_table(rows, s) for spec, s in scores.items()},
+              "expected_win_rate_vs": first,
+              "expected_win_rate": {spec: expected_win_rate(rows, scores[spec], scores[first]) for spec in specs[1:]}}
+    if best_of:
+        bon = f"{first}#best-of-{best_of}"
+        scores[bon] = best_of_n_scores(first, rows, samples, best_of, reward_model, seed)
+        report["tasks"][bon] = task_table(rows, scores[bon])
+        report["expected_win_rate"][bon] = expected_win_rate(rows, scores[bon], scores[first])
+        report["reward_model"] = reward_model
+        report["expected_win_rate_vs_best_of"] = {spec: expected_win_rate(rows, scores[spec], scores[bon])
+                                                  for spec in specs[1:]}
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,8 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--best-of", type=int, default=0, help="add the reward model's best-of-N of the first model")
+    ap.add_argument("--reward-model", default=None, help="the reward model that picks the best of N")
     args = ap.parse_args(argv)
-    text = json.dumps(headroom(args.models, args.prompts, args.samples, args.seed), indent=2)
+    if args.best_of and not args.reward_model:
+        ap.error("--best-of needs --reward-model")
+    text = json.dumps(headroom(args.models, args.prompts, args.samples, args.seed, args.best_of, args.reward_model),
+                      indent=2)
     if args.out:
         write_atomic(Path(args.out), text + "\n")
     print(text)
