@@ -142,6 +142,20 @@ def test_packed_epoch_counts_every_real_token(tiny_model_dir, chat_file, tmp_pat
     assert logged[-1] == real
 
 
+def test_neftune_noises_the_embeddings_while_training_and_leaves_no_hook(tiny_model_dir, chat_file, tmp_path):
+    losses = {}
+    for alpha in (None, 50.0):
+        recipe = sft_recipe(tiny_model_dir, chat_file, tmp_path / str(alpha), sft={"neftune_noise_alpha": alpha})
+        trainer = sft.build_trainer(recipe, RunDir(tmp_path / str(alpha)))
+        assert trainer.args.neftune_noise_alpha == alpha
+        trainer.train()
+        losses[alpha] = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        assert not trainer.model.get_input_embeddings()._forward_hooks  # noise only while training
+    assert losses[None][0] == pytest.approx(losses[50.0][0], rel=0.5) and losses[None] != losses[50.0]
+    with pytest.raises(Exception, match="neftune_noise_alpha"):
+        sft_recipe(tiny_model_dir, chat_file, tmp_path / "bad", sft={"neftune_noise_alpha": 0})
+
+
 @pytest.fixture(scope="module")
 def full_run(tiny_model_dir, chat_file, tmp_path_factory) -> tuple[RunDir, dict]:
     out = tmp_path_factory.mktemp("full") / "run"

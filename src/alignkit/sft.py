@@ -221,6 +221,7 @@ def sft_config(recipe: Recipe, run_dir: RunDir, tokenizer: Any, conversational: 
         packing_strategy=sft.packing_strategy if sft else "bfd",
         assistant_only_loss=assistant_only(recipe) and conversational,
         completion_only_loss=sft.completion_only_loss if sft else True,
+        neftune_noise_alpha=sft.neftune_noise_alpha if sft else None,
         eos_token=tokenizer.eos_token,
         dataset_num_proc=None,
     )

@@ -20,3 +20,6 @@ class SFTSection(Section):
         "or as [batch, max_length] rows with per-row position_ids (rows: attention cost per row); auto picks "
         "flat for flash-attention kernels, rows otherwise")
     merge_adapter: bool = Field(False, description="also write a merged full model after LoRA/QLoRA training")
+    neftune_noise_alpha: float | None = Field(
+        None, gt=0, description="NEFTune (Jain et al. 2023): uniform noise of scale alpha / sqrt(length x hidden) on "
+        "the input embeddings while training (5 in the paper); off by default")
