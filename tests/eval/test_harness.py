@@ -12,7 +12,7 @@ import yaml
 from alignkit.cli import train
 from alignkit.config.recipe import validate_recipe
 from alignkit.errors import AlignkitError
-from alignkit.eval.harness import load_prompts, resolve_pairs
+from alignkit.eval.harness import breakdown, load_prompts, resolve_pairs
 from alignkit.rl.checkpoint import KL_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def test_end_to_end_two_models_oracle_then_another_judge_without_regenerating(tm
     out = tmp_path / "run"
     models = [{"name": "random", "path": random_llama}, {"name": "base", "path": TINY, "prompting": "fewshot"},
               {"name": "base-chat", "path": TINY, "ref": "base"}]
-    recipe = eval_recipe(out, models, reference="random")
+    recipe = eval_recipe(out, models, reference="random", breakdown_by="meta.task")
     metrics = train(write(tmp_path / "eval.yaml", recipe), [])
 
     assert {"json", "md", "html"} <= {p.suffix.lstrip(".") for p in out.glob("report.*")}
@@ -78,6 +78,13 @@ def test_end_to_end_two_models_oracle_then_another_judge_without_regenerating(tm
     assert rows["random"]["mean_length"] <= 12 and len(rows["random"]["mean_length_ci"]) == 2
     assert "## Win rates" in capsys.readouterr().out
     assert 'id="winrate-table"' in (out / "report.html").read_text()
+    by_task = report["breakdown"]
+    assert by_task["by"] == "meta.task" and {r["group"] for r in by_task["rows"]} >= {"unknown"}
+    for pair in report["pairs"]:  # the groups split each pair's prompts
+        mine = [r for r in by_task["rows"] if (r["model_a"], r["model_b"]) == (pair["model_a"], pair["model_b"])]
+        assert sum(r["n"] for r in mine) == 8 and sum(r["wins"] for r in mine) == pair["wins"]
+    assert "## Win rates by meta.task" in (out / "report.md").read_text()
+    assert 'id="breakdown-table"' in (out / "report.html").read_text()
     judgments = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
     assert len(judgments) == 3 * 8 and {"verdict_ab", "verdict_ba", "winner"} <= set(judgments[0])
 
@@ -105,6 +112,19 @@ def test_prompts_from_a_csv_with_a_prompt_column(tmp_path):
     bad = recipe.eval.model_copy(update={"prompt_column": "nope"})
     with pytest.raises(AlignkitError, match="prompt_column"):
         load_prompts(bad)
+    assert [r["group"] for r in load_prompts(recipe.eval.model_copy(update={"breakdown_by": "idx"}))] == ["q1", "q2"]
+    with pytest.raises(AlignkitError, match=r"prompts.csv:1 \(eval.breakdown_by\).*no column 'category'"):
+        load_prompts(recipe.eval.model_copy(update={"breakdown_by": "category"}))
+
+
+def test_breakdown_gives_each_groups_win_rate():
+    rows = [{"id": "1", "group": "fact"}, {"id": "2", "group": "fact"}, {"id": "3", "group": "list"}]
+    judgments = [{"prompt_id": "1", "model_a": "ppo", "model_b": "sft", "winner": "a"},
+                 {"prompt_id": "2", "model_a": "ppo", "model_b": "sft", "winner": "tie"},
+                 {"prompt_id": "3", "model_a": "ppo", "model_b": "sft", "winner": "b"}]
+    out = breakdown("meta.task", rows, judgments, [("ppo", "sft")], n_boot=20, seed=0)
+    assert out["by"] == "meta.task"
+    assert [(r["group"], r["n"], r["win_rate"]) for r in out["rows"]] == [("fact", 2, 0.75), ("list", 1, 0.0)]
 
 
 def section(**extra):

@@ -78,6 +78,9 @@ class EvalSection(Section):
     id_column: str = "id"
     prompt_split: str = Field("train", description="split of a Hub dataset")
     prompt_limit: int | None = Field(None, gt=0)
+    breakdown_by: str | None = Field(
+        None, min_length=1, description="a prompt-row column (dotted for nested objects, e.g. meta.task; a "
+        "category column of a Hub set): the report adds each pair's win rate per value of it")
     fewshot_template: str = "eval/fewshot_template.txt"
     generation: GenerationSection = Field(default_factory=GenerationSection)
     judge: JudgeSection = Field(default_factory=JudgeSection)

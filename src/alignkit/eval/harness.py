@@ -28,6 +28,7 @@ import torch
 from alignkit.config.base import DatasetSpec, ModelSection
 from alignkit.config.eval import EvalModel, EvalSection
 from alignkit.data.loading import load_spec
+from alignkit.data.preferences import column_value
 from alignkit.errors import AlignkitError
 from alignkit.eval import stats
 from alignkit.eval.fingerprint import Fingerprints
@@ -126,7 +127,10 @@ def _prompt_row(row: dict[str, Any], index: int, section: EvalSection, where: st
     else:
         raise AlignkitError(f"column {section.prompt_column!r} must be a string or a list of messages "
                             f"(set eval.prompt_column)", where=where)
-    return {"id": str(row.get(section.id_column, index)), "prompt": messages, "meta": row.get("meta")}
+    out = {"id": str(row.get(section.id_column, index)), "prompt": messages, "meta": row.get("meta")}
+    if section.breakdown_by:
+        out["group"] = str(column_value(row, section.breakdown_by, f"{where} (eval.breakdown_by)"))
+    return out
 
 
 # ---- generation ---------------------------------------------------------------------------------------
@@ -407,7 +411,20 @@ def build_report(section: EvalSection, rows: list[dict[str, Any]], outputs: dict
                    for name, out in outputs.items()],
         "pairs": pair_rows(judgments, pairs, n_boot, seed),
         "ratings": stats.bradley_terry(judgments, n_boot=n_boot, seed=seed),
+        **({"breakdown": breakdown(section.breakdown_by, rows, judgments, pairs, n_boot, seed)}
+           if section.breakdown_by else {}),
     }
+
+
+def breakdown(column: str, rows: Sequence[dict[str, Any]], judgments: Sequence[dict[str, Any]],
+              pairs: Sequence[tuple[str, str]], n_boot: int, seed: int) -> dict[str, Any]:
+    """Each pair's win rate (prompt-bootstrap interval within the group) per value of the prompts' `column`."""
+    group_of = {row["id"]: row["group"] for row in rows}
+    out = []
+    for group in sorted(set(group_of.values())):
+        subset = [j for j in judgments if group_of.get(j["prompt_id"]) == group]
+        out += [{"group": group, **row} for row in stats.pair_summary(subset, n_boot=n_boot, seed=seed, pairs=pairs)]
+    return {"by": column, "rows": out}
 
 
 def compact_metrics(report: dict[str, Any]) -> dict[str, Any]:

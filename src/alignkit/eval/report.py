@@ -24,10 +24,12 @@ intervals; a number that is unknown is None (NaN is written as null).
     kl_curve (optional):        [{checkpoint, kl, win_rate, ci_low, ci_high}]
                                 judge win rate vs KL for PPO checkpoints (Gao et al. 2022 over-optimisation)
     training_curves (optional): {run_name: {metric_name: [(step, value), ...]}}
+    breakdown (optional):       {by: column, rows: [{group, + a pairs row}]}  each pair's win rate per value of
+                                the prompts' column (eval.breakdown_by), intervals within the group
                                 e.g. {"ppo": {"objective/scores": [...], "objective/kl": [...]}}
 
 Markdown and HTML render the same tables (built once by `report_tables`); the HTML tables carry the
-ids winrate-table, ratings-table, models-table and kl-table, and the plots the ids plot-winrate,
+ids winrate-table, ratings-table, models-table, kl-table and breakdown-table, and the plots the ids plot-winrate,
 plot-ratings, plot-kl and plot-training.
 """
 
@@ -119,6 +121,12 @@ def report_tables(report: Mapping[str, Any]) -> list[Table]:
                                          "reward [95% CI]", "KL to ref", "distinct-1", "distinct-2",
                                          "sample entropy (nats)", "path"], models),
     ]
+    if report.get("breakdown"):
+        by = report["breakdown"]
+        rows = [[str(r["group"]), f"{r['model_a']} vs {r['model_b']}", f"{r['wins']} / {r['ties']} / {r['losses']}",
+                 _rate_ci(r, "win_rate", "ci_low", "ci_high")] for r in by.get("rows") or []]
+        tables.append(Table("breakdown-table", f"Win rates by {by.get('by')}",
+                            [str(by.get("by")), "pair", "W / T / L", "win rate [95% CI]"], rows))
     if report.get("kl_curve"):
         kl = [[str(r["checkpoint"]), _fmt(r["kl"]), _rate_ci(r, "win_rate", "ci_low", "ci_high")]
               for r in report["kl_curve"]]
