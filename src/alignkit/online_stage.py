@@ -31,6 +31,7 @@ from alignkit.models import (
     merge_dequantized,
     set_generation_eos,
 )
+from alignkit.preflight import local_path, reward_head_problem
 from alignkit.reference import (
     ADAPTER_DISABLED,
     COPY,
@@ -98,6 +99,17 @@ def build_policy(recipe: Recipe, mode: str) -> tuple[Any, Reference]:
     return attach_adapter(base, path, is_trainable=True), Reference(FROZEN_ADAPTER)
 
 
+def load_critic(s: PPOSection) -> Any:
+    """The critic's init: ppo.value_model (a reward model, or a language model whose value head starts fresh)
+    or else the reward model."""
+    path = s.value_model or s.reward_model
+    folder = local_path(path)
+    if s.value_model and folder is not None and folder.is_dir() and reward_head_problem(folder):
+        log.info("ppo.value_model %s is a language model: the critic starts from its weights with a fresh value "
+                 "head (ppo.critic_warmup_rollouts trains it before the policy moves)", path)
+    return load_reward_model(path, ModelSection(name_or_path=path))
+
+
 def build_reward_fn(recipe: Recipe, tokenizer: Any, prompts: list[list[int]], metas: list[dict],
                     device: Any) -> RewardFn:
     """The section's reward: the reward model, the world's oracle, or a user `module:function`."""
@@ -131,8 +143,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     reward_fn = build_reward_fn(recipe, tokenizer, prompts, metas, accelerator.device)
     value_model = None
     if isinstance(s, PPOSection):
-        critic_path = s.value_model or s.reward_model
-        value_model = load_reward_model(critic_path, ModelSection(name_or_path=critic_path))
+        value_model = load_critic(s)
     logger = MetricsLogger(run_dir.path / "metrics.jsonl", report_to=recipe.train.report_to,
                            enabled=accelerator.is_main_process)
     trainer = RLTrainer(config, policy, reference, value_model, reward_fn, tokenizer, prompts,

@@ -144,3 +144,13 @@ def test_8bit_lora_ppo_step_prepares_the_base_for_kbit_training(tmp_path, tiny, 
     moved = [n for n, p in trained.named_parameters() if n in lora_b and not torch.equal(p.detach(), lora_b[n])]
     assert moved  # the adapter learned
     assert torch.equal(trained.get_base_model().model.layers[0].self_attn.q_proj.weight, int8)  # the base did not
+
+
+def test_a_language_model_as_value_model_gets_a_fresh_value_head_and_a_log_line(tmp_path, tiny_model_dir, caplog):
+    from alignkit.config.ppo import PPOSection
+    from alignkit.online_stage import load_critic
+
+    with caplog.at_level("INFO", logger="alignkit.rl"):
+        critic = load_critic(PPOSection(reward_model="x", value_model=str(tiny_model_dir)))
+    assert type(critic).__name__.endswith("ForSequenceClassification") and critic.config.num_labels == 1
+    assert "is a language model: the critic starts from its weights with a fresh value head" in caplog.text
