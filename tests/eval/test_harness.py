@@ -12,7 +12,7 @@ import yaml
 from alignkit.cli import train
 from alignkit.config.recipe import validate_recipe
 from alignkit.errors import AlignkitError
-from alignkit.eval.harness import breakdown, load_prompts, resolve_pairs
+from alignkit.eval.harness import breakdown, load_prompts, require_groups, resolve_pairs
 from alignkit.rl.checkpoint import KL_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,8 +113,9 @@ def test_prompts_from_a_csv_with_a_prompt_column(tmp_path):
     with pytest.raises(AlignkitError, match="prompt_column"):
         load_prompts(bad)
     assert [r["group"] for r in load_prompts(recipe.eval.model_copy(update={"breakdown_by": "idx"}))] == ["q1", "q2"]
-    with pytest.raises(AlignkitError, match=r"prompts.csv:1 \(eval.breakdown_by\).*no column 'category'"):
-        load_prompts(recipe.eval.model_copy(update={"breakdown_by": "category"}))
+    by_category = recipe.eval.model_copy(update={"breakdown_by": "category"})
+    with pytest.raises(AlignkitError, match=r"prompts.csv:1 \(eval.breakdown_by\).*no column 'category'.*null"):
+        require_groups(load_prompts(by_category), by_category)
 
 
 def test_breakdown_gives_each_groups_win_rate():

@@ -98,6 +98,17 @@ def require_world_meta(rows: Sequence[dict[str, Any]], section: EvalSection) -> 
                                 where=f"{section.prompts}:{i + 1}")
 
 
+def require_groups(rows: Sequence[dict[str, Any]], section: EvalSection) -> None:
+    """With eval.breakdown_by, every prompt row must have that column."""
+    if not section.breakdown_by:
+        return
+    for i, row in enumerate(rows):
+        if row["group"] is None:
+            raise AlignkitError(f"no column {section.breakdown_by!r} to break the win rates down by; name a column "
+                                "every prompt row has, or set eval.breakdown_by: null",
+                                where=f"{section.prompts}:{i + 1} (eval.breakdown_by)")
+
+
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".json":
         data = json.loads(path.read_text())
@@ -128,8 +139,11 @@ def _prompt_row(row: dict[str, Any], index: int, section: EvalSection, where: st
         raise AlignkitError(f"column {section.prompt_column!r} must be a string or a list of messages "
                             f"(set eval.prompt_column)", where=where)
     out = {"id": str(row.get(section.id_column, index)), "prompt": messages, "meta": row.get("meta")}
-    if section.breakdown_by:
-        out["group"] = str(column_value(row, section.breakdown_by, f"{where} (eval.breakdown_by)"))
+    if section.breakdown_by:  # None where the row lacks the column: require_groups says so after the meta check
+        try:
+            out["group"] = str(column_value(row, section.breakdown_by, where))
+        except AlignkitError:
+            out["group"] = None
     return out
 
 
@@ -473,6 +487,7 @@ def run(recipe: Any, run_dir: RunDir, recipe_path: str, rubric: Rubric | None = 
     start = time.time()
     rows = load_prompts(section)
     require_world_meta(rows, section)
+    require_groups(rows, section)
     preflight(section)
     needs_fewshot = any(m.prompting == "fewshot" for m in section.models)
     template = Path(section.fewshot_template).read_text() if needs_fewshot else None
