@@ -106,9 +106,10 @@ def best_of_n_scores(spec: str, rows: Sequence[dict], samples: int, n: int, rewa
     from alignkit.reward_model import RewardScorer
 
     scorer = RewardScorer.from_pretrained(reward_model)
+    drawn = sample_answers(spec, rows, [seed + 100_000 + i for i in range(samples * n)], max_new_tokens)
     out = []
     for s in range(samples):
-        group = sample_answers(spec, rows, [seed + 100_000 + s * n + k for k in range(n)], max_new_tokens)
+        group = drawn[s * n:(s + 1) * n]
         rewards = [scorer.score([r["prompt"] for r in rows], [d["text"] for d in done],
                                 [d["ended"] for d in done]).tolist() for done in group]
         out.append([oracle.score(r["meta"], d["text"], d["ended"])
