@@ -24,9 +24,9 @@ intervals; a number that is unknown is None (NaN is written as null).
     kl_curve (optional):        [{checkpoint, kl, win_rate, ci_low, ci_high}]
                                 judge win rate vs KL for PPO checkpoints (Gao et al. 2022 over-optimisation)
     training_curves (optional): {run_name: {metric_name: [(step, value), ...]}}
+                                e.g. {"ppo": {"objective/scores": [...], "objective/kl": [...]}}
     breakdown (optional):       {by: column, rows: [{group, + a pairs row}]}  each pair's win rate per value of
                                 the prompts' column (eval.breakdown_by), intervals within the group
-                                e.g. {"ppo": {"objective/scores": [...], "objective/kl": [...]}}
 
 Markdown and HTML render the same tables (built once by `report_tables`); the HTML tables carry the
 ids winrate-table, ratings-table, models-table, kl-table and breakdown-table, and the plots the ids plot-winrate,
