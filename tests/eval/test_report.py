@@ -50,6 +50,16 @@ def synthetic_report() -> dict:
             {"model": "sft", "rating": 1040.0, "ci_low": 1015.5, "ci_high": 1066.1, "n": 400},
             {"model": "base", "rating": 779.6, "ci_low": 740.0, "ci_high": 812.3, "n": 400},
         ],
+        "breakdown": {"by": "meta.task", "rows": [
+            {"group": "fact", "model_a": "ppo", "model_b": "sft", "n": 120, "wins": 80, "ties": 10, "losses": 30,
+             "win_rate": 0.708, "ci_low": 0.63, "ci_high": 0.78},
+            {"group": "list", "model_a": "ppo", "model_b": "sft", "n": 80, "wins": 40, "ties": 20, "losses": 20,
+             "win_rate": 0.625, "ci_low": 0.53, "ci_high": 0.72},
+            {"group": "fact", "model_a": "sft", "model_b": "base", "n": 120, "wins": 90, "ties": 10, "losses": 20,
+             "win_rate": 0.792, "ci_low": 0.72, "ci_high": 0.86},
+            {"group": "list", "model_a": "sft", "model_b": "base", "n": 80, "wins": 60, "ties": 10, "losses": 10,
+             "win_rate": 0.812, "ci_low": 0.73, "ci_high": 0.89},
+        ]},
         "kl_curve": [
             {"checkpoint": "checkpoint-100", "kl": 1.0, "win_rate": 0.58, "ci_low": 0.52, "ci_high": 0.64},
             {"checkpoint": "checkpoint-200", "kl": 4.1, "win_rate": 0.675, "ci_low": 0.61, "ci_high": 0.738},
@@ -98,6 +108,7 @@ def test_markdown_has_the_table_rows(written):
     assert "| 1 | ppo | 1180 | [1150, 1211] | 400 |" in md
     assert re.search(r"^\| base \| 45\.5 \[41\.0, 50\.2\] \| 40\.0% \| 0\.220 \| — \| — \|", md, re.MULTILINE)
     assert "| checkpoint-300 | 12.000 | 55.0% [48.0, 62.0] |" in md
+    assert "## Win rates by meta.task" in md and "| list | ppo vs sft | 40 / 20 / 20 | 62.5% [53.0, 72.0] |" in md
     assert "judge: oracle" in md
 
 
@@ -105,7 +116,7 @@ def test_html_is_self_contained(written):
     html = written[1]["html"].read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "<link" not in html and "<script" not in html
-    assert len(re.findall(r'<img id="plot-[a-z]+" alt="[^"]+" src="data:image/png;base64,', html)) == 4
+    assert len(re.findall(r'<img id="plot-[a-z]+" alt="[^"]+" src="data:image/png;base64,', html)) == 5
 
 
 def test_missing_section_is_a_user_error(tmp_path):
@@ -117,9 +128,10 @@ def test_missing_section_is_a_user_error(tmp_path):
 
 def test_optional_sections_may_be_absent():
     report = synthetic_report()
-    del report["kl_curve"], report["training_curves"]
+    del report["kl_curve"], report["training_curves"], report["breakdown"]
     html = render_html(report)
     assert 'id="kl-table"' not in html and "plot-kl" not in html
+    assert 'id="breakdown-table"' not in html and "plot-breakdown" not in html
     assert html.count("<img ") == 2
 
 
@@ -144,10 +156,10 @@ def run_browser(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_chromium_renders_tables_and_plots(written, tmp_path):
     page = written[1]["html"].resolve().as_uri()
     dom = run_browser(tmp_path, "--dump-dom", page).stdout
-    for table in ("winrate-table", "ratings-table", "models-table", "kl-table"):
+    for table in ("winrate-table", "ratings-table", "models-table", "kl-table", "breakdown-table"):
         assert f'<table id="{table}">' in dom
     assert "<td>ppo vs sft</td>" in dom
-    assert len(re.findall(r"<img [^>]*alt=\"[^\"]+\"", dom)) == 4
+    assert len(re.findall(r"<img [^>]*alt=\"[^\"]+\"", dom)) == 5
 
     shot = tmp_path / "report.png"
     run_browser(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", page)

@@ -30,7 +30,7 @@ intervals; a number that is unknown is None (NaN is written as null).
 
 Markdown and HTML render the same tables (built once by `report_tables`); the HTML tables carry the
 ids winrate-table, ratings-table, models-table, kl-table and breakdown-table, and the plots the ids plot-winrate,
-plot-ratings, plot-kl and plot-training.
+plot-ratings, plot-kl, plot-breakdown and plot-training.
 """
 
 from __future__ import annotations
@@ -181,6 +181,8 @@ PLOTS: list[tuple[str, str, Callable[[Any], bytes | None], str]] = [
     ("plot-ratings", "Bradley-Terry rating ladder (Elo scale) with 95% bootstrap intervals",
      report_plots.ratings_plot, "ratings"),
     ("plot-kl", "Judge win rate against KL to the reference for PPO checkpoints", report_plots.kl_plot, "kl_curve"),
+    ("plot-breakdown", "Win rate per group of prompts (eval.breakdown_by) with 95% bootstrap intervals",
+     report_plots.breakdown_plot, "breakdown"),
     ("plot-training", "Training curves, one panel per metric", report_plots.training_plots, "training_curves"),
 ]
 

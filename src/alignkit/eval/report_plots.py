@@ -60,6 +60,29 @@ def winrate_plot(pairs: Sequence[Mapping[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
+def breakdown_plot(breakdown: Mapping[str, Any]) -> bytes | None:
+    """Win rate per group (eval.breakdown_by), one bar per model pair in each group, 95% intervals, a 50% line."""
+    rows = breakdown.get("rows") or []
+    if not rows:
+        return None
+    groups = list(dict.fromkeys(str(r["group"]) for r in rows))
+    pairs = list(dict.fromkeys(f"{r['model_a']} vs {r['model_b']}" for r in rows))
+    height = 0.8 / len(pairs)
+    fig = Figure(figsize=(7, 0.25 * len(rows) + 0.5 * len(groups) + 1.4))
+    ax = fig.add_subplot()
+    for k, pair in enumerate(pairs):
+        mine = [r for r in rows if f"{r['model_a']} vs {r['model_b']}" == pair]
+        y = [len(groups) - 1 - groups.index(str(r["group"])) + 0.4 - (k + 0.5) * height for r in mine]
+        ax.barh(y, [num(r["win_rate"]) for r in mine], height=height, xerr=_errors(mine, "win_rate"), capsize=2,
+                label=pair)
+    ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(groups))[::-1], groups)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"win rate of the first model by {breakdown.get('by')} (95% bootstrap interval)")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(3, len(pairs)), frameon=False, fontsize=8)
+    return _png(fig)
+
+
 def ratings_plot(ratings: Sequence[Mapping[str, Any]]) -> bytes | None:
     """Rating ladder: one point per model with its 95% interval, best at the top."""
     if not ratings:
