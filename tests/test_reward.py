@@ -298,6 +298,9 @@ def test_reward_options_that_need_another_are_refused_alone(tiny_model_dir, worl
     with pytest.raises(Exception, match="lm_surprise_weight needs lm_surprise: true"):
         reward_recipe(tiny_model_dir, world["train"], world["heldout"], tmp_path / "x",
                       reward={"lm_surprise_weight": 0.1})
+    with pytest.raises(Exception, match="lm_surprise_floor needs lm_surprise: true"):
+        reward_recipe(tiny_model_dir, world["train"], world["heldout"], tmp_path / "x",
+                      reward={"lm_surprise_floor": -6})
 
 
 # ---- QLoRA: model/ is the model that was trained and evaluated (dequantized, then merged) -------------
@@ -421,26 +424,28 @@ def test_fit_lm_weight_is_positive_only_when_the_surprise_explains_the_compariso
     assert reward.fit_lm_weight(misleading, rows, seed=0, n=4) == 0.0
 
 
-@pytest.mark.parametrize("fixed", [None, 0.25])
-def test_lm_surprise_reward_model_saves_its_lm_and_scores_alike_in_every_path(tmp_path, tiny_model_dir, world, fixed):
-    """reward.lm_surprise: the weight (fitted, or reward.lm_surprise_weight) and model/lm/ are saved; the scorer
+@pytest.mark.parametrize(("fixed", "floor"), [(None, None), (0.25, None), (0.25, -0.01)])
+def test_lm_surprise_reward_model_saves_its_lm_and_scores_alike_in_every_path(tmp_path, tiny_model_dir, world, fixed,
+                                                                              floor):
+    """reward.lm_surprise: the weight (fitted, or reward.lm_surprise_weight), the floor and model/lm/ are saved; the scorer
     that loads them scores (prompt, response) texts as PPO's id-based reward does; a folder without lm/ is
     refused in one line."""
     import shutil
 
-    from alignkit.reward_model import LM_WEIGHT_KEY, RewardScorer, lm_surprise, sequence_scores
+    from alignkit.reward_model import LM_FLOOR_KEY, LM_WEIGHT_KEY, RewardScorer, lm_surprise, sequence_scores
     from alignkit.rl.rewards import scorer_reward_fn
 
     out = tmp_path / "run"
     recipe = reward_recipe(tiny_model_dir, world["train"], world["heldout"], out,
-                           reward={"lm_surprise": True, "lm_surprise_weight": fixed})
+                           reward={"lm_surprise": True, "lm_surprise_weight": fixed, "lm_surprise_floor": floor})
     metrics = reward.run(recipe, RunDir(out), "reward.yaml")
     weight = metrics["lm_surprise_weight"]
     assert weight == (metrics["lm_surprise_weight_fitted"] if fixed is None else fixed)
     config = json.loads((out / "model" / "config.json").read_text())
     assert config[LM_WEIGHT_KEY] == weight and weight >= 0.0
+    assert config[LM_FLOOR_KEY] == (floor if weight else None) and metrics.get("lm_surprise_floor") == floor
     scorer = RewardScorer.from_pretrained(str(out / "model"))
-    assert scorer.lm_weight == weight and scorer.lm is not None
+    assert scorer.lm_weight == weight and scorer.lm is not None and scorer.lm_floor == (floor if weight else None)
     prompts = [[{"role": "user", "content": "In which region is Kelmar?"}]] * 2
     answers = ["Kelmar is in Southfen.", "Maybe Southfen, maybe not."]
     by_text = scorer.score(prompts, answers)
@@ -452,8 +457,11 @@ def test_lm_surprise_reward_model_saves_its_lm_and_scores_alike_in_every_path(tm
     # and each is head + weight * surprise, normalised
     ids = torch.tensor([prompt_ids[0] + response_ids[0]])
     mask, response = torch.ones_like(ids), torch.tensor([[0] * len(prompt_ids[0]) + [1] * len(response_ids[0])])
-    manual = scorer.normalize(sequence_scores(scorer.model, ids, mask)
-                              + weight * lm_surprise(scorer.lm, ids, mask, response))
+    surprise = lm_surprise(scorer.lm, ids, mask, response)
+    if floor is not None:
+        assert surprise.item() < floor  # the floor is in force for this answer
+        surprise = surprise.clamp(min=floor)
+    manual = scorer.normalize(sequence_scores(scorer.model, ids, mask) + weight * surprise)
     assert by_text[0].item() == pytest.approx(manual.item(), abs=1e-5)
     if weight:
         shutil.rmtree(out / "model" / "lm")

@@ -88,8 +88,9 @@ def scoring_note(stage: str, metrics: dict[str, Any]) -> str:
             "beside an adapter); with reward.normalize the policy's own samples score about 0.")
     weight = metrics.get("lm_surprise_weight") or 0.0
     if weight:
+        floor = metrics.get("lm_surprise_floor")
         note += (f" It adds {weight:g} x the surprise of the language model in `{LM_FOLDER}/` at the response's least likely "
-                 "token, min_t (log p(y_t) - max_v log p(v)). Loaded with plain transformers the model gives the "
+                 "token, min_t (log p(y_t) - max_v log p(v))" + (f", clamped at {floor:g} nats" if floor else "") + ". Loaded with plain transformers the model gives the "
                  "head alone; `alignkit.reward_model.RewardScorer.from_pretrained(path).score(prompts, responses)` "
                  "gives the whole score.")
     return note

@@ -39,6 +39,7 @@ from alignkit.models import (
 )
 from alignkit.reward_model import (
     BIAS_KEY,
+    LM_FLOOR_KEY,
     LM_FOLDER,
     LM_WEIGHT_KEY,
     NORMALIZATION_FILE,
@@ -324,22 +325,25 @@ def normalization(recipe: Recipe, scorer: RewardScorer, tokenizer: Any,
 
 
 def save_reward_model(model: Any, tokenizer: Any, run_dir: RunDir, bias: float, scale: float,
-                      quantization: dict[str, Any] | None = None, lm: Any = None, lm_weight: float = 0.0) -> Any:
+                      quantization: dict[str, Any] | None = None, lm: Any = None, lm_weight: float = 0.0,
+                      lm_floor: float | None = None) -> Any:
     """adapter/ (LoRA runs) then model/: a full model that loads with AutoModelForSequenceClassification.
 
     `quantization`: the 4/8-bit base's record, saved with the adapter so that loading or merging it
     rebuilds the base it was trained on. `lm` (reward.lm_surprise): the language model whose surprise the
-    score adds with `lm_weight`, saved as lm/ inside each folder.
+    score adds with `lm_weight` (clamped at `lm_floor` nats when set), saved as lm/ inside each folder.
     """
     if hasattr(model, "merge_and_unload"):
         save_model(model, tokenizer, run_dir.adapter_dir, quantization=quantization,
-                   extra_json={NORMALIZATION_FILE: {BIAS_KEY: bias, SCALE_KEY: scale, LM_WEIGHT_KEY: lm_weight}})
+                   extra_json={NORMALIZATION_FILE: {BIAS_KEY: bias, SCALE_KEY: scale, LM_WEIGHT_KEY: lm_weight,
+                                                    LM_FLOOR_KEY: lm_floor}})
         if lm is not None:
             save_model(lm, tokenizer, run_dir.adapter_dir / LM_FOLDER)
         model = merge_dequantized(model)  # a QLoRA base is dequantized first: model/ is the model evaluated
     setattr(model.config, BIAS_KEY, bias)
     setattr(model.config, SCALE_KEY, scale)
     setattr(model.config, LM_WEIGHT_KEY, lm_weight)
+    setattr(model.config, LM_FLOOR_KEY, lm_floor)
     model.config.pad_token_id = tokenizer.pad_token_id
     save_model(model, tokenizer, run_dir.model_dir)
     if lm is not None:
@@ -402,10 +406,11 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     bias, scale, lm = 0.0, 1.0, None
     if section.lm_surprise:
         lm = load_causal_lm(recipe.model).eval()
-        scorer.lm = lm
+        scorer.lm, scorer.lm_floor = lm, section.lm_surprise_floor
         fitted = fit_lm_weight(scorer, train_rows, recipe.seed, section.accuracy_samples)
         scorer.lm_weight = fitted if section.lm_surprise_weight is None else section.lm_surprise_weight
-        metrics.update(lm_surprise_weight=scorer.lm_weight, lm_surprise_weight_fitted=fitted)
+        metrics.update(lm_surprise_weight=scorer.lm_weight, lm_surprise_weight_fitted=fitted,
+                       **({"lm_surprise_floor": scorer.lm_floor} if scorer.lm_floor is not None else {}))
         log.info("LM surprise weight %.4g (fitted on the training comparisons: %.4g)", scorer.lm_weight, fitted)
     if section.normalize:
         mean, std = normalization(recipe, scorer, tokenizer, train_rows)
@@ -414,7 +419,8 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
     scorer.bias, scorer.scale = bias, scale
     metrics.update(evaluate(recipe, scorer, train_rows, heldout))
     save_reward_model(model, tokenizer, run_dir, bias, scale, quantization_record(recipe.quantization),
-                      lm=lm if scorer.lm_weight else None, lm_weight=scorer.lm_weight)
+                      lm=lm if scorer.lm_weight else None, lm_weight=scorer.lm_weight,
+                      lm_floor=scorer.lm_floor if scorer.lm_weight else None)
     MetricsLogger(run_dir.path / "metrics.jsonl").log(
         {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, result.global_step)
     log.info("reward model: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})

@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.models import position_ids_from_mask
-from alignkit.runio import BIAS_KEY, LM_FOLDER, LM_WEIGHT_KEY, NORMALIZATION_FILE, SCALE_KEY  # noqa: F401 (re-exported)
+from alignkit.runio import (  # noqa: F401 (re-exported)
+    BIAS_KEY,
+    LM_FLOOR_KEY,
+    LM_FOLDER,
+    LM_WEIGHT_KEY,
+    NORMALIZATION_FILE,
+    SCALE_KEY,
+)
 
 
 def pairwise_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
@@ -127,8 +134,14 @@ def read_lm_weight(path: str | Path, config: Any) -> float:
     return float(_stored_values(path, config)[LM_WEIGHT_KEY] or 0.0)
 
 
+def read_lm_floor(path: str | Path, config: Any) -> float | None:
+    """The floor the LM surprise is clamped at (reward.lm_surprise_floor), or None."""
+    floor = _stored_values(path, config).get(LM_FLOOR_KEY)
+    return None if floor is None else float(floor)
+
+
 def _stored_values(path: str | Path, config: Any) -> dict[str, Any]:
-    values = {k: getattr(config, k, None) for k in (BIAS_KEY, SCALE_KEY, LM_WEIGHT_KEY)}
+    values = {k: getattr(config, k, None) for k in (BIAS_KEY, SCALE_KEY, LM_WEIGHT_KEY, LM_FLOOR_KEY)}
     file = Path(path) / NORMALIZATION_FILE
     if file.is_file():
         values.update(json.loads(file.read_text()))
@@ -153,7 +166,7 @@ class RewardScorer:
     """Score (prompt, response) pairs with a reward model, normalisation applied."""
 
     def __init__(self, model: Any, tokenizer: Any, bias: float | None = None, scale: float | None = None,
-                 lm: Any = None, lm_weight: float = 0.0):
+                 lm: Any = None, lm_weight: float = 0.0, lm_floor: float | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         cfg = model.config
@@ -161,6 +174,7 @@ class RewardScorer:
         self.scale = float(getattr(cfg, SCALE_KEY, 1.0) or 1.0) if scale is None else scale
         self.lm = lm.eval() if lm is not None else None
         self.lm_weight = lm_weight
+        self.lm_floor = lm_floor  # the surprise is clamped at it (reward.lm_surprise_floor); None: no floor
         if cfg.pad_token_id is None:
             cfg.pad_token_id = tokenizer.pad_token_id
 
@@ -185,7 +199,7 @@ class RewardScorer:
         if device is not None:
             model = model.to(device)
             lm = lm.to(device) if lm is not None else None
-        return cls(model, tokenizer, bias, scale, lm, weight)
+        return cls(model, tokenizer, bias, scale, lm, weight, read_lm_floor(path, model.config))
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         """Apply the stored bias and scale to raw head outputs."""
@@ -216,7 +230,8 @@ class RewardScorer:
         head = sequence_scores(self.model, input_ids, attention_mask)
         if self.lm is None or response_mask is None:
             return head, torch.zeros_like(head)
-        return head, lm_surprise(self.lm, input_ids, attention_mask, response_mask).to(head.device)
+        surprise = lm_surprise(self.lm, input_ids, attention_mask, response_mask).to(head.device)
+        return head, surprise if self.lm_floor is None else surprise.clamp(min=self.lm_floor)
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Any], responses: Sequence[str], ended: Sequence[bool] | None = None,

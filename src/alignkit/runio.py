@@ -43,6 +43,7 @@ QUANT_FILE = "alignkit_quantization.json"
 NORMALIZATION_FILE = "alignkit_reward.json"
 BIAS_KEY, SCALE_KEY = "alignkit_reward_bias", "alignkit_reward_scale"
 LM_WEIGHT_KEY, LM_FOLDER = "alignkit_lm_surprise_weight", "lm"
+LM_FLOOR_KEY = "alignkit_lm_surprise_floor"
 # Key names that hold credentials (not e.g. `eos_token` or `train_tokens`).
 SECRET_KEY = re.compile(
     r"^(hf_|hub_|api_|access_|auth_|bearer_)?token$|secret|password|passwd|api[_-]?key|authorization",

@@ -45,6 +45,10 @@ class RewardSection(Section):
         None, ge=0, description="a fixed w for lm_surprise instead of the fitted one (the fit still runs and is "
         "reported as lm_surprise_weight_fitted): the fit weighs every training comparison alike, most of them about "
         "form, so a weight chosen by the PPO result on validation prompts can differ")
+    lm_surprise_floor: float | None = Field(
+        None, lt=0, description="clamp lm_surprise at this many nats below the top choice (e.g. -6): a wrong value "
+        "costs a few nats, an odd form (all capitals) ten or more, so without a floor the term outweighs the head "
+        "on form; off by default")
 
     @model_validator(mode="after")
     def _options_fit_together(self) -> RewardSection:
@@ -52,4 +56,6 @@ class RewardSection(Section):
             raise ValueError("lm_loss_coef needs loss: ranking")
         if self.lm_surprise_weight is not None and not self.lm_surprise:
             raise ValueError("lm_surprise_weight needs lm_surprise: true")
+        if self.lm_surprise_floor is not None and not self.lm_surprise:
+            raise ValueError("lm_surprise_floor needs lm_surprise: true")
         return self
