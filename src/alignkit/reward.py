@@ -38,18 +38,22 @@ from alignkit.models import (
     quantization_record,
 )
 from alignkit.reward_model import (
+    RewardScorer,
+    prompt_input_text,
+    ranking_loss,
+    reward_input_ids,
+)
+from alignkit.runio import (
     BIAS_KEY,
     LM_FLOOR_KEY,
     LM_FOLDER,
     LM_WEIGHT_KEY,
     NORMALIZATION_FILE,
     SCALE_KEY,
-    RewardScorer,
-    prompt_input_text,
-    ranking_loss,
-    reward_input_ids,
+    MetricsLogger,
+    RunDir,
+    save_model,
 )
-from alignkit.runio import MetricsLogger, RunDir, save_model
 from alignkit.trainer_utils import (
     make_config,
     metrics_callback,
@@ -333,17 +337,15 @@ def save_reward_model(model: Any, tokenizer: Any, run_dir: RunDir, bias: float, 
     rebuilds the base it was trained on. `lm` (reward.lm_surprise): the language model whose surprise the
     score adds with `lm_weight` (clamped at `lm_floor` nats when set), saved as lm/ inside each folder.
     """
+    stored = {BIAS_KEY: bias, SCALE_KEY: scale, LM_WEIGHT_KEY: lm_weight, LM_FLOOR_KEY: lm_floor}
     if hasattr(model, "merge_and_unload"):
         save_model(model, tokenizer, run_dir.adapter_dir, quantization=quantization,
-                   extra_json={NORMALIZATION_FILE: {BIAS_KEY: bias, SCALE_KEY: scale, LM_WEIGHT_KEY: lm_weight,
-                                                    LM_FLOOR_KEY: lm_floor}})
+                   extra_json={NORMALIZATION_FILE: stored})
         if lm is not None:
             save_model(lm, tokenizer, run_dir.adapter_dir / LM_FOLDER)
         model = merge_dequantized(model)  # a QLoRA base is dequantized first: model/ is the model evaluated
-    setattr(model.config, BIAS_KEY, bias)
-    setattr(model.config, SCALE_KEY, scale)
-    setattr(model.config, LM_WEIGHT_KEY, lm_weight)
-    setattr(model.config, LM_FLOOR_KEY, lm_floor)
+    for key, value in stored.items():  # the same values in config.json, where plain transformers keeps them
+        setattr(model.config, key, value)
     model.config.pad_token_id = tokenizer.pad_token_id
     save_model(model, tokenizer, run_dir.model_dir)
     if lm is not None:
@@ -409,8 +411,9 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str) -> dict[str, Any]:
         scorer.lm, scorer.lm_floor = lm, section.lm_surprise_floor
         fitted = fit_lm_weight(scorer, train_rows, recipe.seed, section.accuracy_samples)
         scorer.lm_weight = fitted if section.lm_surprise_weight is None else section.lm_surprise_weight
-        metrics.update(lm_surprise_weight=scorer.lm_weight, lm_surprise_weight_fitted=fitted,
-                       **({"lm_surprise_floor": scorer.lm_floor} if scorer.lm_floor is not None else {}))
+        metrics.update(lm_surprise_weight=scorer.lm_weight, lm_surprise_weight_fitted=fitted)
+        if scorer.lm_floor is not None:
+            metrics["lm_surprise_floor"] = scorer.lm_floor
         log.info("LM surprise weight %.4g (fitted on the training comparisons: %.4g)", scorer.lm_weight, fitted)
     if section.normalize:
         mean, std = normalization(recipe, scorer, tokenizer, train_rows)
