@@ -17,10 +17,24 @@ RIGHT = oracle.score(META, "Bresbis is in Eastvale.")
 WRONG = oracle.score(META, "Bresbis is in Northmoor.")
 
 
-def test_parse_model_reads_an_optional_temperature():
-    assert headroom.parse_model("runs/ppo/model") == ("runs/ppo/model", 1.0)
-    assert headroom.parse_model("runs/ppo/model@0.5") == ("runs/ppo/model", 0.5)
-    assert headroom.parse_model("odd@name") == ("odd@name", 1.0)
+def test_parse_model_reads_an_optional_temperature_and_prompting():
+    assert headroom.parse_model("runs/ppo/model") == ("runs/ppo/model", 1.0, "chat")
+    assert headroom.parse_model("runs/ppo/model@0.5") == ("runs/ppo/model", 0.5, "chat")
+    assert headroom.parse_model("odd@name") == ("odd@name", 1.0, "chat")
+    assert headroom.parse_model("base@fewshot") == ("base", 1.0, "fewshot")
+    assert headroom.parse_model("base@fewshot@0.7") == ("base", 0.7, "fewshot")
+    assert headroom.parse_model("base@0.7@raw") == ("base", 0.7, "raw")
+    assert headroom.parse_model("a@0.5@0.7") == ("a@0.5", 0.7, "chat")   # one temperature: the rest is the path
+
+
+def test_fewshot_entry_uses_the_template_and_cuts_at_the_next_turn(tmp_path):
+    rows = [json.loads(line) for line in
+            (MODELS.parent / "world" / "validation_prompts.jsonl").read_text().splitlines()[:3]]
+    template = tmp_path / "fewshot.txt"
+    template.write_text("User: Where is Bresbis?\nAssistant: Bresbis is in Eastvale.\n\nUser: {prompt}\nAssistant:")
+    answers = headroom.sample_answers(f"{MODELS / 'tiny-base'}@fewshot", rows, [0], fewshot_template=str(template))
+    assert len(answers[0]) == 3
+    assert all("User:" not in a["text"] for a in answers[0])   # the few-shot continuation is cut at the next turn
 
 
 def test_expected_win_rate_averages_every_sample_pair_ties_half():

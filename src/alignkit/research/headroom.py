@@ -1,11 +1,12 @@
 """Where a policy wins and loses against another, per task and rubric part, with the sampling noise averaged out.
 
     python -m alignkit.research.headroom data/models/tiny-sft data/models/tiny-ppo data/models/tiny-ppo@0.5 \
-        [--prompts data/world/validation_prompts.jsonl] [--samples 8] [--out headroom.json] \
-        [--best-of 16 --reward-model data/models/tiny-rm]
+        data/models/tiny-base@fewshot [--prompts data/world/validation_prompts.jsonl] [--samples 8] \
+        [--out headroom.json] [--best-of 16 --reward-model data/models/tiny-rm]
 
 Samples `--samples` responses per prompt from each model (MODEL@T samples at temperature T, default 1.0, the
-eval recipes' setting), scores them with the world's oracle and reports, per task: the mean of each rubric
+eval recipes' setting; MODEL@fewshot prompts it with `--fewshot-template` as the eval's few-shot base is,
+MODEL@raw with the bare question; both combine with a temperature, MODEL@fewshot@0.7), scores them with the world's oracle and reports, per task: the mean of each rubric
 part and the share of perfect answers. Every model after the first is compared with the first by its
 expected win rate: over all sample pairs of a prompt, a win counts 1 and a tie half, averaged over prompts.
 One sampled answer per prompt (what the eval report judges) is a noisy draw of that number; this is the
@@ -30,18 +31,34 @@ from alignkit.eval.stats import SCORE
 from alignkit.world import oracle
 from alignkit.world.generator import write_atomic
 
+FEWSHOT_TEMPLATE = "eval/fewshot_template.txt"
 PARTS = ("total", "correct", "format", "concise", "harmless", "ends")
 
 
-def parse_model(spec: str) -> tuple[str, float]:
-    """"path@T" -> (path, T); a bare path samples at temperature 1.0."""
-    path, sep, temp = spec.rpartition("@")
-    if not sep or not path:
-        return spec, 1.0
-    try:
-        return path, float(temp)
-    except ValueError:
-        return spec, 1.0
+PROMPTING = ("chat", "fewshot", "raw")
+
+
+def parse_model(spec: str) -> tuple[str, float, str]:
+    """"path[@T][@prompting]" (either order) -> (path, T, prompting); by default T 1.0 and the chat template.
+    A trailing "@..." that is neither a number nor a prompting style belongs to the path."""
+    path, temperature, prompting = spec, 1.0, "chat"
+    seen: set[str] = set()
+    while True:
+        head, sep, tail = path.rpartition("@")
+        if not sep or not head:
+            return path, temperature, prompting
+        if tail in PROMPTING and "prompting" not in seen:
+            prompting = tail
+            seen.add("prompting")
+        elif "temperature" not in seen:
+            try:
+                temperature = float(tail)
+            except ValueError:
+                return path, temperature, prompting
+            seen.add("temperature")
+        else:
+            return path, temperature, prompting
+        path = head
 
 
 def task_table(rows: Sequence[dict], scores: Sequence[Sequence[oracle.OracleScore]]) -> dict[str, dict[str, float]]:
@@ -68,27 +85,29 @@ def expected_win_rate(rows: Sequence[dict], a: Sequence[Sequence[oracle.OracleSc
                                                         for t, v in sorted(per_task.items())}}
 
 
-def sample_answers(spec: str, rows: Sequence[dict], seeds: Sequence[int],
-                   max_new_tokens: int = 48) -> list[list[dict[str, Any]]]:
-    """One sampled answer per prompt for each seed from the model `spec` (path or path@T): [seed][prompt]
+def sample_answers(spec: str, rows: Sequence[dict], seeds: Sequence[int], max_new_tokens: int = 48,
+                   fewshot_template: str = FEWSHOT_TEMPLATE) -> list[list[dict[str, Any]]]:
+    """One sampled answer per prompt for each seed from the model `spec` (parse_model): [seed][prompt]
     dicts with "text" and "ended"."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignkit.eval.generate import Sampling, generate
+    from alignkit.eval.generate import Sampling, generate, render_prompt
 
-    path, temperature = parse_model(spec)
+    path, temperature, prompting = parse_model(spec)
+    template = Path(fewshot_template).read_text() if prompting == "fewshot" else None
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+    texts = [render_prompt(tokenizer, r["prompt"], prompting, template) for r in rows]
     return [generate(model, tokenizer, texts, Sampling(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                       batch_size=100, seed=seed), desc=f"{spec} {i + 1}/{len(seeds)}")
+                                                       batch_size=100, seed=seed),
+                     desc=f"{spec} {i + 1}/{len(seeds)}", fewshot=prompting == "fewshot")
             for i, seed in enumerate(seeds)]
 
 
-def sample_scores(spec: str, rows: Sequence[dict], samples: int, seed: int = 1000,
-                  max_new_tokens: int = 48) -> list[list[oracle.OracleScore]]:
-    """Oracle scores of `samples` sampled answers per prompt from the model `spec` (path or path@T)."""
-    answers = sample_answers(spec, rows, [seed + s for s in range(samples)], max_new_tokens)
+def sample_scores(spec: str, rows: Sequence[dict], samples: int, seed: int = 1000, max_new_tokens: int = 48,
+                  fewshot_template: str = FEWSHOT_TEMPLATE) -> list[list[oracle.OracleScore]]:
+    """Oracle scores of `samples` sampled answers per prompt from the model `spec` (parse_model)."""
+    answers = sample_answers(spec, rows, [seed + s for s in range(samples)], max_new_tokens, fewshot_template)
     return [[oracle.score(r["meta"], d["text"], d["ended"]) for r, d in zip(rows, done, strict=True)]
             for done in answers]
 
@@ -100,13 +119,14 @@ def pick_best(candidates: Sequence[Sequence[dict[str, Any]]], rewards: Sequence[
 
 
 def best_of_n_scores(spec: str, rows: Sequence[dict], samples: int, n: int, reward_model: str, seed: int = 1000,
-                     max_new_tokens: int = 48) -> list[list[oracle.OracleScore]]:
+                     max_new_tokens: int = 48, fewshot_template: str = FEWSHOT_TEMPLATE) -> list[list[oracle.OracleScore]]:
     """Oracle scores of `samples` best-of-n answers per prompt: each the reward model's pick among n samples
     of `spec`, drawn with seeds apart from sample_scores' (seed + 100,000 on)."""
     from alignkit.reward_model import RewardScorer
 
     scorer = RewardScorer.from_pretrained(reward_model)
-    drawn = sample_answers(spec, rows, [seed + 100_000 + i for i in range(samples * n)], max_new_tokens)
+    drawn = sample_answers(spec, rows, [seed + 100_000 + i for i in range(samples * n)], max_new_tokens,
+                           fewshot_template)
     out = []
     for s in range(samples):
         group = drawn[s * n:(s + 1) * n]
@@ -118,12 +138,12 @@ def best_of_n_scores(spec: str, rows: Sequence[dict], samples: int, n: int, rewa
 
 
 def headroom(specs: Sequence[str], prompts: str, samples: int = 8, seed: int = 1000, best_of: int = 0,
-             reward_model: str | None = None) -> dict[str, Any]:
+             reward_model: str | None = None, fewshot_template: str = FEWSHOT_TEMPLATE) -> dict[str, Any]:
     """The report described in the module docstring."""
     if best_of and not reward_model:
         raise ValueError("--best-of needs --reward-model")
     rows = [json.loads(line) for line in Path(prompts).read_text().splitlines() if line.strip()]
-    scores = {spec: sample_scores(spec, rows, samples, seed) for spec in specs}
+    scores = {spec: sample_scores(spec, rows, samples, seed, fewshot_template=fewshot_template) for spec in specs}
     first = specs[0]
     report = {"prompts": prompts, "n_prompts": len(rows), "samples": samples,
               "tasks": {spec: task_table(rows, s) for spec, s in scores.items()},
@@ -131,7 +151,8 @@ def headroom(specs: Sequence[str], prompts: str, samples: int = 8, seed: int = 1
               "expected_win_rate": {spec: expected_win_rate(rows, scores[spec], scores[first]) for spec in specs[1:]}}
     if best_of:
         bon = f"{first}#best-of-{best_of}"
-        scores[bon] = best_of_n_scores(first, rows, samples, best_of, reward_model, seed)
+        scores[bon] = best_of_n_scores(first, rows, samples, best_of, reward_model, seed,
+                                       fewshot_template=fewshot_template)
         report["tasks"][bon] = task_table(rows, scores[bon])
         report["expected_win_rate"][bon] = expected_win_rate(rows, scores[bon], scores[first])
         report["reward_model"] = reward_model
@@ -142,18 +163,21 @@ def headroom(specs: Sequence[str], prompts: str, samples: int = 8, seed: int = 1
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="model folders, each optionally @temperature; the first is the baseline")
+    ap.add_argument("models", nargs="+", help="model folders, each optionally @temperature and/or @fewshot or @raw; "
+                                              "the first is the baseline")
     ap.add_argument("--prompts", default="data/world/validation_prompts.jsonl")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--out", default=None)
     ap.add_argument("--best-of", type=int, default=0, help="add the reward model's best-of-N of the first model")
     ap.add_argument("--reward-model", default=None, help="the reward model that picks the best of N")
+    ap.add_argument("--fewshot-template", default=FEWSHOT_TEMPLATE, help="the prompt of MODEL@fewshot ({prompt} "
+                                                                         "marks the question)")
     args = ap.parse_args(argv)
     if args.best_of and not args.reward_model:
         ap.error("--best-of needs --reward-model")
-    text = json.dumps(headroom(args.models, args.prompts, args.samples, args.seed, args.best_of, args.reward_model),
-                      indent=2)
+    text = json.dumps(headroom(args.models, args.prompts, args.samples, args.seed, args.best_of, args.reward_model,
+                               args.fewshot_template), indent=2)
     if args.out:
         write_atomic(Path(args.out), text + "\n")
     print(text)
