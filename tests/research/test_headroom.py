@@ -82,3 +82,16 @@ def test_best_of_n_entry_is_compared_with_every_model(tmp_path):
     assert 0.0 <= report["expected_win_rate_vs_best_of"][f"{sft}@0.5"]["all"] <= 1.0
     with pytest.raises(ValueError, match="reward-model"):
         headroom.headroom([sft], str(prompts), samples=1, best_of=2)
+
+
+def test_cli_names_a_missing_model_template_or_prompt_file(tmp_path, capsys):
+    sft = str(MODELS / "tiny-sft")
+    cases = [([str(tmp_path / "nope")], "no folder"),
+             ([f"{sft}@fewshot", "--fewshot-template", str(tmp_path / "none.txt")], "no few-shot template"),
+             ([sft, "--prompts", str(tmp_path / "p.jsonl")], "--prompts"),
+             ([sft, "--best-of", "2", "--reward-model", str(tmp_path / "rm")], "--reward-model")]
+    for argv, needle in cases:
+        with pytest.raises(SystemExit) as done:
+            headroom.main(argv)
+        assert done.value.code == 2
+        assert needle in capsys.readouterr().err

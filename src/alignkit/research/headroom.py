@@ -176,6 +176,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.best_of and not args.reward_model:
         ap.error("--best-of needs --reward-model")
+    for spec in args.models:
+        path, _, prompting = parse_model(spec)
+        if not Path(path).is_dir():
+            ap.error(f"model {spec!r}: no folder {path}")
+        if prompting == "fewshot" and not Path(args.fewshot_template).is_file():
+            ap.error(f"model {spec!r}: no few-shot template {args.fewshot_template} (--fewshot-template)")
+    for name, path in (("--prompts", args.prompts), ("--reward-model", args.reward_model)):
+        if path and not Path(path).exists():
+            ap.error(f"{name}: no such file or folder {path}")
     text = json.dumps(headroom(args.models, args.prompts, args.samples, args.seed, args.best_of, args.reward_model,
                                args.fewshot_template), indent=2)
     if args.out:
