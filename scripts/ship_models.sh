@@ -2,6 +2,7 @@
 # Retrain and reship the tiny chat models from their recipes, in order (data/models/README.md):
 #   bash scripts/ship_models.sh            # SFT -> annotate -> RM -> PPO (keeps the shipped tiny-base)
 #   bash scripts/ship_models.sh --base     # pretrain tiny-base first (about 15 min on 2 idle cores)
+#   bash scripts/ship_models.sh --ppo      # PPO only, from the shipped tiny-sft and tiny-rm
 # Runs go to runs/ship_models/<step>/ (this script's own folders: a rerun replaces only them); a step's model
 # replaces its folder in data/models/ only after the step finished.
 set -euo pipefail
@@ -25,13 +26,15 @@ if [[ "${1:-}" == "--base" ]]; then
     train pretrain recipes/pretrain_tiny.yaml
     ship pretrain "$OUT/pretrain/model" tiny-base
 fi
-train sft recipes/sft_lora.yaml
-"$AK" merge "$OUT/sft/model" --out "$OUT/sft/merged"  # replaces only an earlier merge output
-ship sft "$OUT/sft/merged" tiny-sft
-echo "== annotate ($(date +%T))"  # the SFT model's own samples, ranked by the noisy annotator (the RM's second dataset)
-"$PY" -m alignkit.research.annotate --model data/models/tiny-sft --out data/world/preferences_sft.jsonl
-train reward recipes/reward.yaml
-ship reward "$OUT/reward/model" tiny-rm
+if [[ "${1:-}" != "--ppo" ]]; then
+    train sft recipes/sft_lora.yaml
+    "$AK" merge "$OUT/sft/model" --out "$OUT/sft/merged"  # replaces only an earlier merge output
+    ship sft "$OUT/sft/merged" tiny-sft
+    echo "== annotate ($(date +%T))"  # the SFT model's own samples, ranked by the noisy annotator (the RM's second dataset)
+    "$PY" -m alignkit.research.annotate --model data/models/tiny-sft --out data/world/preferences_sft.jsonl
+    train reward recipes/reward.yaml
+    ship reward "$OUT/reward/model" tiny-rm
+fi
 train ppo recipes/ppo.yaml
 cp "$OUT/ppo/ppo_curves.png" "$OUT/ppo/model/"
 ship ppo "$OUT/ppo/model" tiny-ppo
