@@ -432,8 +432,9 @@ def test_lm_surprise_reward_model_saves_its_lm_and_scores_alike_in_every_path(tm
     refused in one line."""
     import shutil
 
-    from alignkit.reward_model import LM_FLOOR_KEY, LM_WEIGHT_KEY, RewardScorer, lm_surprise, sequence_scores
+    from alignkit.reward_model import RewardScorer, lm_surprise, sequence_scores
     from alignkit.rl.rewards import scorer_reward_fn
+    from alignkit.runio import LM_FLOOR_KEY, LM_WEIGHT_KEY
 
     out = tmp_path / "run"
     recipe = reward_recipe(tiny_model_dir, world["train"], world["heldout"], out,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.models import position_ids_from_mask
-from alignkit.runio import (  # noqa: F401 (re-exported)
+from alignkit.runio import (
     BIAS_KEY,
     LM_FLOOR_KEY,
     LM_FOLDER,

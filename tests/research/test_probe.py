@@ -130,7 +130,7 @@ def test_the_shipped_reward_model_reads_facts_through_its_lm_not_its_head(tmp_pa
     chance, and the shipped reward model reads the fact through its LM's surprise term."""
     import shutil
 
-    from alignkit.reward_model import LM_WEIGHT_KEY
+    from alignkit.runio import LM_WEIGHT_KEY
     from tests.conftest import REPO
 
     rows = [json.loads(line) for line in (REPO / "data/world/validation_prompts.jsonl").read_text().splitlines()]
