@@ -41,24 +41,25 @@ PROMPTING = ("chat", "fewshot", "raw")
 def parse_model(spec: str) -> tuple[str, float, str]:
     """"path[@T][@prompting]" (either order) -> (path, T, prompting); by default T 1.0 and the chat template.
     A trailing "@..." that is neither a number nor a prompting style belongs to the path."""
-    path, temperature, prompting = spec, 1.0, "chat"
-    seen: set[str] = set()
-    while True:
-        head, sep, tail = path.rpartition("@")
-        if not sep or not head:
-            return path, temperature, prompting
-        if tail in PROMPTING and "prompting" not in seen:
+    path, temperature, prompting = spec, None, None
+    for _ in range(2):  # at most one temperature and one prompting style
+        head, _, tail = path.rpartition("@")
+        if head and prompting is None and tail in PROMPTING:
             prompting = tail
-            seen.add("prompting")
-        elif "temperature" not in seen:
-            try:
-                temperature = float(tail)
-            except ValueError:
-                return path, temperature, prompting
-            seen.add("temperature")
+        elif head and temperature is None and _is_number(tail):
+            temperature = float(tail)
         else:
-            return path, temperature, prompting
+            break
         path = head
+    return path, 1.0 if temperature is None else temperature, prompting or "chat"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def task_table(rows: Sequence[dict], scores: Sequence[Sequence[oracle.OracleScore]]) -> dict[str, dict[str, float]]:
