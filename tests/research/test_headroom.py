@@ -89,9 +89,24 @@ def test_cli_names_a_missing_model_template_or_prompt_file(tmp_path, capsys):
     cases = [([str(tmp_path / "nope")], "no folder"),
              ([f"{sft}@fewshot", "--fewshot-template", str(tmp_path / "none.txt")], "no few-shot template"),
              ([sft, "--prompts", str(tmp_path / "p.jsonl")], "--prompts"),
-             ([sft, "--best-of", "2", "--reward-model", str(tmp_path / "rm")], "--reward-model")]
+             ([sft, "--best-of", "2", "--reward-model", str(tmp_path / "rm")], "--reward-model"),
+             (["ideal", "--best-of", "2", "--reward-model", str(MODELS / "tiny-rm")], "not ideal")]
     for argv, needle in cases:
         with pytest.raises(SystemExit) as done:
             headroom.main(argv)
         assert done.value.code == 2
         assert needle in capsys.readouterr().err
+
+
+def test_ideal_entry_is_the_reference_and_beats_or_ties_any_model(tmp_path):
+    """`ideal` answers with the references: perfect on every task, never below a model's samples."""
+    rows = [json.loads(line) for line in
+            (MODELS.parent / "world" / "validation_prompts.jsonl").read_text().splitlines()[:20]]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = headroom.headroom(["ideal", str(MODELS / "tiny-base")], str(prompts), samples=2)
+    assert all(t["perfect"] == 1.0 for t in report["tasks"]["ideal"].values())
+    base_wins = report["expected_win_rate"][str(MODELS / "tiny-base")]["all"]
+    assert base_wins < 0.5   # the base loses to (or ties) the ideal answers, never wins overall
+    with pytest.raises(ValueError, match="ideal"):
+        headroom.headroom(["ideal"], str(prompts), best_of=2, reward_model=str(MODELS / "tiny-rm"))

@@ -55,3 +55,17 @@ def test_habits_produce_their_variants():
     gus = next(c for c in contractors.POOL if c.name == "gus")
     seen = Counter(contractors.habit_of(gus, combo, rng) for _ in range(2000))
     assert seen["hallucinate"] / 2000 == pytest.approx(0.9, abs=0.03)
+
+
+def test_make_pool_moves_only_the_careful_share():
+    """The default pool is the documented one (1/8 each); a larger careful share means more ideal demos."""
+    assert contractors.make_pool() == contractors.POOL
+    assert all(c.share == 0.125 for c in contractors.POOL)
+    ideal = []
+    for share in (0.0, 0.375, 0.55, 1.0):
+        pool = contractors.make_pool(share)
+        assert sum(c.share for c in pool) == pytest.approx(1.0)
+        assert sum(c.share for c in pool if c.name in contractors.CAREFUL) == pytest.approx(share)
+        assert [c.habits for c in pool] == [c.habits for c in contractors.POOL]
+        ideal.append(contractors.expected_rates(_combo("list"), pool)["ideal"])
+    assert ideal == sorted(ideal) and ideal[0] < 0.4 and ideal[-1] > 0.85

@@ -206,3 +206,21 @@ def test_disagreement_rate_hand_computed():
     # Oracle order a > b > c; the keys swap only (a, b): one of three ordered pairs flips.
     assert disagreement_rate([[3.0, 2.0, 1.0]], [[2.0, 3.0, 1.0]]) == pytest.approx(1 / 3)
     assert disagreement_rate([[1.0, 1.0]], [[0.0, 5.0]]) == 0.0  # oracle ties never count
+
+
+def test_careful_share_changes_only_the_demonstrations(world_dir, tmp_path):
+    """--careful-share rewrites sft.jsonl (more ideal demos) and leaves every other file byte for byte."""
+    manifest = generate_world(tmp_path / "world", tmp_path / "eval" / "world_prompts.jsonl", careful_share=0.55)
+    default = json.loads((world_dir / "world" / "manifest.json").read_text())
+    assert manifest["careful_share"] == 0.55 and default["careful_share"] == 0.375
+    changed = {name for name, sha in manifest["sha256"].items() if default["sha256"][name] != sha}
+    assert changed == {"sft.jsonl"}
+    rows = [json.loads(line) for line in (tmp_path / "world" / "sft.jsonl").read_text().splitlines()]
+    ideal = sum(r["meta"]["habit"] is None for r in rows) / len(rows)
+    assert 0.68 <= ideal <= 0.74  # expected 70.4% (contractors.expected_rates over the task mix)
+
+
+def test_careful_share_out_of_range_is_a_user_error(tmp_path):
+    with pytest.raises(AlignkitError, match="careful-share"):
+        generate_world(tmp_path / "world", tmp_path / "eval" / "p.jsonl", careful_share=1.2)
+    assert not (tmp_path / "world").exists()

@@ -12,6 +12,10 @@ expected win rate: over all sample pairs of a prompt, a win counts 1 and a tie h
 One sampled answer per prompt (what the eval report judges) is a noisy draw of that number; this is the
 number itself. Use it on the validation prompts, never to tune on the eval set.
 
+The entry `ideal` is no model: it answers every prompt with the world's reference (the ideal answer), so
+`ideal MODEL` reports how often the best possible policy would beat MODEL: the most any RLHF could win
+against it on these prompts.
+
 `--best-of N --reward-model RM` adds the reward model's best-of-N of the first model (each of its `--samples`
 answers per prompt is the RM's pick among N fresh samples; entry "<first>#best-of-N"), and compares every
 model with it too: the baseline a policy trained on that reward model should match at a lower KL.
@@ -36,6 +40,7 @@ PARTS = ("total", "correct", "format", "concise", "harmless", "ends")
 
 
 PROMPTING = ("chat", "fewshot", "raw")
+IDEAL = "ideal"  # the reference answers, not a model folder (a folder named so: ./ideal)
 
 
 def parse_model(spec: str) -> tuple[str, float, str]:
@@ -107,7 +112,10 @@ def sample_answers(spec: str, rows: Sequence[dict], seeds: Sequence[int], max_ne
 
 def sample_scores(spec: str, rows: Sequence[dict], samples: int, seed: int = 1000, max_new_tokens: int = 48,
                   fewshot_template: str = FEWSHOT_TEMPLATE) -> list[list[oracle.OracleScore]]:
-    """Oracle scores of `samples` sampled answers per prompt from the model `spec` (parse_model)."""
+    """Oracle scores of `samples` sampled answers per prompt from the model `spec` (parse_model); for
+    `ideal`, one sample: the reference answers."""
+    if spec == IDEAL:
+        return [[oracle.score(r["meta"], r["meta"]["reference"]) for r in rows]]
     answers = sample_answers(spec, rows, [seed + s for s in range(samples)], max_new_tokens, fewshot_template)
     return [[oracle.score(r["meta"], d["text"], d["ended"]) for r, d in zip(rows, done, strict=True)]
             for done in answers]
@@ -143,6 +151,8 @@ def headroom(specs: Sequence[str], prompts: str, samples: int = 8, seed: int = 1
     """The report described in the module docstring."""
     if best_of and not reward_model:
         raise ValueError("--best-of needs --reward-model")
+    if best_of and specs[0] == IDEAL:
+        raise ValueError("--best-of needs a model first, not ideal")
     rows = [json.loads(line) for line in Path(prompts).read_text().splitlines() if line.strip()]
     scores = {spec: sample_scores(spec, rows, samples, seed, fewshot_template=fewshot_template) for spec in specs}
     first = specs[0]
@@ -164,8 +174,8 @@ def headroom(specs: Sequence[str], prompts: str, samples: int = 8, seed: int = 1
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="model folders, each optionally @temperature and/or @fewshot or @raw; "
-                                              "the first is the baseline")
+    ap.add_argument("models", nargs="+", help="model folders, each optionally @temperature and/or @fewshot or @raw, "
+                                              "or ideal (the reference answers); the first is the baseline")
     ap.add_argument("--prompts", default="data/world/validation_prompts.jsonl")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1000)
@@ -177,7 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.best_of and not args.reward_model:
         ap.error("--best-of needs --reward-model")
+    if args.best_of and args.models[0] == IDEAL:
+        ap.error("--best-of samples the first model: put a model folder first, not ideal")
     for spec in args.models:
+        if spec == IDEAL:
+            continue
         path, _, prompting = parse_model(spec)
         if not Path(path).is_dir():
             ap.error(f"model {spec!r}: no folder {path}")

@@ -7,6 +7,7 @@ import json
 import sys
 
 from alignkit.errors import AlignkitError
+from alignkit.world.contractors import CAREFUL_SHARE
 from alignkit.world.generator import generate_world
 
 
@@ -17,9 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-out", default="eval/world_prompts.jsonl", help="eval prompts file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", type=float, default=0.25, help="share of flipped preference pairs")
+    parser.add_argument("--careful-share", type=float, default=CAREFUL_SHARE,
+                        help="share of the SFT demos written by the careful contractors (changes sft.jsonl only)")
     args = parser.parse_args(argv)
     try:
-        manifest = generate_world(args.out, args.eval_out, seed=args.seed, noise=args.noise)
+        manifest = generate_world(args.out, args.eval_out, seed=args.seed, noise=args.noise,
+                                  careful_share=args.careful_share)
     except AlignkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -51,23 +51,35 @@ class Contractor:
 # Three careful writers and five with one strong habit each. Why these numbers: ~62% of demos come out
 # ideal (the issue asks >= 60%); SFT samples at temperature 0.7 sharpen towards the majority, so each
 # habit must be common enough (4-15% of demos where it applies) that the SFT model keeps it; a careful
-# writer still slips now and then (2% per habit), as people do.
+# writer still slips now and then (2% per habit), as people do. The careful writers' share is the world's
+# one knob for demo quality (`python -m alignkit.world --careful-share`): docs/winrate_embedded_world.md
+# measures what moving it does to the SFT model and to PPO's margin over it.
 SLIP = 0.02
-POOL: tuple[Contractor, ...] = (
-    Contractor("ana", 0.125, {h: SLIP for h in HABITS if h != "hallucinate"}),
-    Contractor("ben", 0.125, {h: SLIP for h in HABITS if h != "hallucinate"}),
-    Contractor("cai", 0.125, {h: SLIP for h in HABITS if h != "hallucinate"}),
-    Contractor("dev", 0.125, {"pad": 0.8}),                                          # the padder
-    Contractor("eli", 0.125, {"ignore_format": 0.9, "pad": 0.2}),                    # ignores formats
-    Contractor("fay", 0.125, {"over_refuse": 0.5}),                                  # over-cautious
-    Contractor("gus", 0.125, {"hallucinate": 0.9, "wrong_value": 0.25, "pad": 0.2}),  # over-confident
-    Contractor("hal", 0.125, {"hallucinate": 0.5, "ramble": 0.5, "pad": 0.2}),         # rambles
+CAREFUL_SHARE = 0.375
+CAREFUL = ("ana", "ben", "cai")
+HABITUAL: tuple[tuple[str, dict[str, float]], ...] = (
+    ("dev", {"pad": 0.8}),                                          # the padder
+    ("eli", {"ignore_format": 0.9, "pad": 0.2}),                    # ignores formats
+    ("fay", {"over_refuse": 0.5}),                                  # over-cautious
+    ("gus", {"hallucinate": 0.9, "wrong_value": 0.25, "pad": 0.2}),  # over-confident
+    ("hal", {"hallucinate": 0.5, "ramble": 0.5, "pad": 0.2}),         # rambles
 )
 
 
-def choose(rng: random.Random) -> Contractor:
+def make_pool(careful_share: float = CAREFUL_SHARE) -> tuple[Contractor, ...]:
+    """The pool: the careful writers share `careful_share` of the demos, the five with habits the rest, evenly."""
+    careful = [Contractor(name, careful_share / len(CAREFUL), {h: SLIP for h in HABITS if h != "hallucinate"})
+               for name in CAREFUL]
+    habitual = [Contractor(name, (1 - careful_share) / len(HABITUAL), habits) for name, habits in HABITUAL]
+    return (*careful, *habitual)
+
+
+POOL = make_pool()
+
+
+def choose(rng: random.Random, pool: tuple[Contractor, ...] = POOL) -> Contractor:
     """A contractor drawn by share."""
-    return rng.choices(POOL, weights=[c.share for c in POOL])[0]
+    return rng.choices(pool, weights=[c.share for c in pool])[0]
 
 
 def habit_of(contractor: Contractor, combo: Combo, rng: random.Random) -> str | None:
@@ -79,18 +91,19 @@ def habit_of(contractor: Contractor, combo: Combo, rng: random.Random) -> str | 
     return None
 
 
-def write(world: World, combo: Combo, rng: random.Random) -> tuple[str, str | None, str]:
+def write(world: World, combo: Combo, rng: random.Random,
+          pool: tuple[Contractor, ...] = POOL) -> tuple[str, str | None, str]:
     """One demonstration: (contractor name, habit or None, response text)."""
-    contractor = choose(rng)
+    contractor = choose(rng, pool)
     habit = habit_of(contractor, combo, rng)
     variant = HABITS[habit] if habit else "ideal"
     return contractor.name, habit, VARIANTS[variant](world, combo, rng)
 
 
-def expected_rates(combo: Combo) -> dict[str, float]:
+def expected_rates(combo: Combo, pool: tuple[Contractor, ...] = POOL) -> dict[str, float]:
     """Probability of each habit (and "ideal") on a demo of this combo, over the pool (exact)."""
     rates = dict.fromkeys([*HABITS, "ideal"], 0.0)
-    for c in POOL:
+    for c in pool:
         left = 1.0
         for habit in HABITS:
             p = c.habits.get(habit, 0.0) if applies(habit, combo) else 0.0

@@ -109,7 +109,8 @@ def _user(combo: Combo, rng: random.Random, unseen: bool = False) -> tuple[dict,
     return {"role": "user", "content": prompt_text(combo, rng, wording)}, wording_id(combo, wording)
 
 
-def sft_rows(world: World, train: dict[str, list[Combo]], rng: random.Random) -> list[dict]:
+def sft_rows(world: World, train: dict[str, list[Combo]], rng: random.Random,
+             pool: tuple[contractors.Contractor, ...] = contractors.POOL) -> list[dict]:
     """Single- and two-turn demonstrations over training combos, each written by a pool contractor."""
     facts = {(c.entity, c.attributes[0]): c for c in train["fact"]}
     rows = []
@@ -125,8 +126,8 @@ def sft_rows(world: World, train: dict[str, list[Combo]], rng: random.Random) ->
                 continue
             second = rng.choice(others)
             user, wording = _user(first, rng)
-            _, _, answer_1 = contractors.write(world, first, rng)
-            who, habit, answer = contractors.write(world, second, rng)
+            _, _, answer_1 = contractors.write(world, first, rng, pool)
+            who, habit, answer = contractors.write(world, second, rng, pool)
             messages = [
                 user,
                 {"role": "assistant", "content": answer_1},
@@ -138,7 +139,7 @@ def sft_rows(world: World, train: dict[str, list[Combo]], rng: random.Random) ->
         else:
             combo = _sample_combo(train, rng)
             user, wording = _user(combo, rng)
-            who, habit, answer = contractors.write(world, combo, rng)
+            who, habit, answer = contractors.write(world, combo, rng, pool)
             messages = [user, {"role": "assistant", "content": answer}]
             extra = {"turns": 1, "context_keys": [], "wording": wording}
         meta = {**make_meta(world, combo), **extra, "contractor": who, "habit": habit,
@@ -285,14 +286,19 @@ def write_atomic(path: Path, text: str) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, noise: float = 0.25) -> dict:
+def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, noise: float = 0.25,
+                   careful_share: float = contractors.CAREFUL_SHARE) -> dict:
     """Generate every world file under out_dir plus the eval prompt sets; return the manifest.
 
     Eval files land beside eval_path: eval_path itself (held-out combos, training wordings),
     <stem>_unseen.jsonl (the same combos in wordings no training split uses) and fewshot_template.txt.
+    careful_share is the careful contractors' share of the SFT demos (contractors.make_pool); it changes
+    sft.jsonl only.
     """
     if not 0.0 <= noise < 0.5:
         raise AlignkitError(f"noise must be in [0, 0.5), got {noise}", "--noise")
+    if not 0.0 <= careful_share <= 1.0:
+        raise AlignkitError(f"careful share must be in [0, 1], got {careful_share}", "--careful-share")
     out_dir, eval_path = Path(out_dir), Path(eval_path)
     world = build_world(seed)
     rngs = {
@@ -310,7 +316,7 @@ def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, no
     prefs, sigma, measured = preference_rows(world, train, noise, rngs["prefs"])
     files = {
         "corpus.jsonl": [{"text": d} for d in corpus],
-        "sft.jsonl": sft_rows(world, train, rngs["sft"]),
+        "sft.jsonl": sft_rows(world, train, rngs["sft"], contractors.make_pool(careful_share)),
         "preferences.jsonl": prefs,
         "preferences_heldout.jsonl": heldout_rows(world, eval_side, rngs["heldout"]),
         "rl_prompts.jsonl": rl_rows(world, train, rngs["rl"]),
@@ -329,6 +335,7 @@ def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, no
     manifest = {
         "seed": seed,
         "noise": noise,
+        "careful_share": careful_share,
         "noise_sigma": round(sigma, 9),
         "measured_noise": round(measured, 6),
         "corpus_words": sum(len(d.split()) for d in corpus),
