@@ -1,7 +1,8 @@
 """Other architectures than the shipped Llama: every stage end to end, tokenizers without PAD or template,
 module-name aliases, attention.
 
-Tiny from-config models of Llama, Qwen2, Mistral, Gemma-2 and GPT-2 (hidden 32, one layer). GPT-2 gets a
+Tiny from-config models of Llama, Qwen2, Mistral, Gemma-2, GPT-2 and Granite (hidden 32, one layer); more
+architectures run the whole chain in the slow test_whole_chain_on_more_architectures. GPT-2 gets a
 GPT-2-like tokenizer (<|endoftext|> is BOS, EOS and UNK; no PAD, no chat template) and a built-in template.
 The matrix (README "Models that work"): `pytest tests/test_architectures.py`.
 """
@@ -41,6 +42,8 @@ CONFIGS = {
     "mistral": dict(SMALL, head_dim=16),
     "gemma2": dict(SMALL, head_dim=16),
     "gpt2": dict(n_embd=32, n_layer=1, n_head=2, n_positions=256),
+    # No GraniteForSequenceClassification in transformers: reward model and critic via models.register_score_head.
+    "granite": dict(SMALL),
 }
 
 
@@ -337,3 +340,90 @@ def test_eval_base_vs_sft(arch, chains):
     rows = {m["name"]: m for m in report["models"]}
     assert all(math.isfinite(rows[n]["reward_mean"]) for n in ("base", "sft"))
     assert rows["sft"]["kl_to_ref"] is None if arch == "gpt2" else math.isfinite(rows["sft"]["kl_to_ref"])
+
+
+def test_score_head_for_an_architecture_transformers_has_none_for(arch_dirs, tmp_path):
+    """Granite has no ...ForSequenceClassification: the registered head loads the trained backbone (not a random
+    one) and its saved reward model loads again in a fresh process with the same scores."""
+    import subprocess
+    import sys
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    assert "granite" not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    path = str(arch_dirs["granite"])
+    rm = load_reward_model(path).eval()
+    assert type(rm).__name__ == "GraniteForSequenceClassification" and rm.score.out_features == 1
+    lm = load_causal_lm(ModelSection(name_or_path=path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rm.model(input_ids=IDS).last_hidden_state, lm.model(input_ids=IDS).last_hidden_state)
+        want = rm(input_ids=IDS).logits
+    rm.save_pretrained(str(tmp_path / "rm"))
+    code = ("import sys, torch; from alignkit.models import load_reward_model; "
+            "m = load_reward_model(sys.argv[1]).eval(); "
+            "print(m(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10]])).logits.item())")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "rm")], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout.split()[-1]
+    assert float(out) == pytest.approx(want.item(), abs=1e-5)
+
+
+def test_a_model_that_cannot_score_is_named_in_one_line(tmp_path):
+    """An encoder-decoder (Marian) gets no score head: the error names the architecture and the class wanted."""
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("marian", d_model=32, vocab_size=64).save_pretrained(str(tmp_path / "marian"))
+    with pytest.raises(AlignkitError) as err:
+        load_reward_model(str(tmp_path / "marian"))
+    assert err.value.where == "reward_model"
+    assert "is a Marian model, which transformers cannot load as AutoModelForSequenceClassification" in str(err.value)
+
+
+def test_lora_all_linear_leaves_moe_routers_alone(tmp_path):
+    """Llama-4's router is an nn.Linear that returns (scores, logits): "all-linear" LoRA on it broke every forward."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("llama4_text", vocab_size=64, **dict(SMALL, num_key_value_heads=2, head_dim=16))
+    model = AutoModelForCausalLM.from_config(config)
+    lora = apply_lora(model, PeftSection(r=2))
+    wrapped = {n for n, _ in lora.named_parameters() if "lora_A" in n}
+    assert wrapped and not any("router" in n for n in wrapped)
+    with torch.no_grad():
+        assert torch.isfinite(lora(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+
+
+# Architectures beyond the matrix above, each run once through SFT -> reward -> PPO -> DPO -> eval -> QLoRA (slow):
+# extra config keys per architecture; the rest is SMALL. Half have no ...ForSequenceClassification in transformers.
+MORE = {
+    "gpt_neox": {}, "opt": dict(ffn_dim=64, word_embed_proj_dim=32), "phi": {}, "phi3": {}, "qwen3": {},
+    "bloom": dict(n_layer=1, n_head=2), "olmo2": {}, "stablelm": {}, "gemma3_text": {}, "starcoder2": {},
+    "gptj": dict(n_embd=32, n_layer=1, n_head=2, rotary_dim=8, n_positions=256), "smollm3": {},
+    "mixtral": dict(num_local_experts=2, num_experts_per_tok=1),
+    "qwen2_moe": dict(num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=32),
+    # no sequence-classification class in transformers:
+    "cohere": {}, "cohere2": {}, "olmoe": dict(num_experts=2, num_experts_per_tok=1), "exaone": {}, "internlm3": {},
+    "lfm2": {}, "codegen": dict(n_embd=32, n_layer=1, n_head=2, rotary_dim=8, n_positions=256, n_ctx=256),
+    "xglm": dict(d_model=32, ffn_dim=64, num_layers=1, attention_heads=2), "gemma4_text": {}, "ernie4_5": {},
+    "glm4_moe": {}, "bitnet": {}, "vaultgemma": {}, "nanochat": {}, "apertus": {}, "jais2": {},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(MORE))
+def test_whole_chain_on_more_architectures(arch, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(SHIPPED_BASE))
+    config = AutoConfig.for_model(arch, vocab_size=len(tok), eos_token_id=tok.eos_token_id,
+                                  bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
+                                  **{**SMALL, "num_key_value_heads": 2, "head_dim": 16, **MORE[arch]})
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(tmp_path / "base"))
+    tok.save_pretrained(str(tmp_path / "base"))
+    chain = Chain(arch, tmp_path / "base", tmp_path / "chain")
+    report = json.loads((chain.eval() / "report.json").read_text())   # SFT and the reward model first
+    assert all(math.isfinite(m["reward_mean"]) for m in report["models"])
+    chain.ppo(), chain.dpo(), chain.qlora()
+    assert chain.metrics["ppo"]["rollouts"] == 1
+    assert_trained(chain.metrics["dpo"], 2)
+    assert_trained(chain.metrics["qlora"], 1)

@@ -42,6 +42,11 @@ def _load_error(path: str, exc: Exception, key: str, attn_implementation: str | 
 
 
 def _hub_error(path: str, exc: Exception, key: str) -> AlignkitError:
+    unknown = re.search(r"Unrecognized configuration class <class '[\w.]*\.(\w+)'> for this kind of AutoModel: (\w+)",
+                        str(exc))
+    if unknown:
+        return AlignkitError(f"'{path}' is a {unknown.group(1).removesuffix('Config')} model, which transformers "
+                             f"cannot load as {unknown.group(2)}", where=key)
     if Path(path).exists():
         return AlignkitError(f"'{path}' is not a loadable model/tokenizer folder ({type(exc).__name__})", where=key)
     return AlignkitError(
@@ -309,6 +314,47 @@ def attach_adapter(model: Any, adapter_dir: str, is_trainable: bool = False) -> 
     return PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable)
 
 
+def register_score_head(path: str, section: ModelSection) -> str | None:
+    """Let AutoModelForSequenceClassification load `path`'s architecture when transformers has no such class.
+
+    About half of the causal-LM architectures transformers 5 knows (Granite, Cohere, OLMoE, Gemma-3n, Llama-4
+    text, ...) come without a ...ForSequenceClassification, so neither alignkit nor TRL could make a reward
+    model or a PPO critic of them. The class built here is transformers' own GenericForSequenceClassification
+    on the architecture's PreTrainedModel, the recipe LlamaForSequenceClassification is made of (the base
+    model, a bias-free linear score read at the last non-pad token), registered for the config class, as
+    OpenRLHF builds reward models from any base model plus a linear head. Returns the new class's name, or
+    None when nothing was needed or possible (the load then reports its own error)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.modeling_layers import GenericForSequenceClassification
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+        MODEL_MAPPING,
+    )
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=section.revision, trust_remote_code=section.trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return None
+    kind = type(config)
+    if (kind in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING or getattr(config, "auto_map", None)
+            or config.is_encoder_decoder):  # a score head on the decoder-only backbone, nothing else
+        return None
+    try:
+        causal, _ = MODEL_FOR_CAUSAL_LM_MAPPING[kind], MODEL_MAPPING[kind]
+    except KeyError:
+        return None
+    pretrained = next((c for c in causal.__mro__[1:] if c.__name__.endswith("PreTrainedModel")
+                       and c.__name__ != "PreTrainedModel"), None)
+    if pretrained is None:
+        return None
+    name = causal.__name__.replace("ForCausalLM", "") + "ForSequenceClassification"
+    head = type(name, (GenericForSequenceClassification, pretrained),
+                {"base_model_prefix": pretrained.base_model_prefix, "config_class": kind, "__module__": __name__})
+    AutoModelForSequenceClassification.register(kind, head, exist_ok=True)
+    return name
+
+
 def load_reward_model(path: str, model: ModelSection | None = None, quant: QuantizationSection | None = None) -> Any:
     """Load a sequence-classification model with one score (a reward model or critic init)."""
     from transformers import AutoModelForSequenceClassification
@@ -316,6 +362,7 @@ def load_reward_model(path: str, model: ModelSection | None = None, quant: Quant
     section = model or ModelSection(name_or_path=path)
     kwargs: dict[str, Any] = {"num_labels": 1}
     base = adapter_base(path)
+    register_score_head(base or path, section)
     qcfg = quantization_config(base_quantization(path, quant))
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
@@ -380,13 +427,29 @@ def resolve_peft_modules(model: Any, peft: PeftSection) -> PeftSection:
     return peft.model_copy(update=update)
 
 
+def moe_routers(model: Any) -> list[str]:
+    """Names of mixture-of-experts routers that are nn.Linear subclasses (Llama-4's returns a tuple).
+
+    PEFT's "all-linear" wraps them, and a LoRA layer cannot wrap a Linear whose forward returns
+    (scores, logits): training failed with "'tuple' object has no attribute 'dtype'". Routers are left
+    out of LoRA by default, as the expert routing is not what an adapter should retrain."""
+    import torch
+
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and "router" in type(module).__name__.lower()]
+
+
 def lora_config(peft: PeftSection, task_type: str = "CAUSAL_LM", model: Any = None) -> Any:
     """PEFT LoraConfig from the recipe's `peft` section (module names checked against `model` when given)."""
     from peft import LoraConfig
 
+    exclude = None
     if model is not None:
         peft = resolve_peft_modules(model, peft)
+        if peft.target_modules == "all-linear":
+            exclude = moe_routers(model) or None
     return LoraConfig(
+        exclude_modules=exclude,
         r=peft.r,
         lora_alpha=peft.lora_alpha,
         lora_dropout=peft.lora_dropout,
