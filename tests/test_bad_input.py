@@ -289,6 +289,18 @@ HEAVY = [
     Case("empty_assistant_message", sft_data("empty_turn.jsonl"), ("{d}/empty_turn.jsonl:2: message 1 (assistant) is empty",),
          {"empty_turn.jsonl": jsonl(MSG, {"messages": [{"role": "user", "content": "Hi"},
                                                       {"role": "assistant", "content": "  "}]})}),
+    # A run rejected inside the stage leaves the folder's recipe.yaml describing the run the folder holds.
+    Case("rejected_resume_keeps_the_recipe", sft_data("empty_turn.jsonl", "train.resume_from_checkpoint=true"),
+         ("{d}/empty_turn.jsonl:2: message 1 (assistant) is empty",),
+         {"empty_turn.jsonl": jsonl(MSG, {"messages": [{"role": "user", "content": "Hi"},
+                                                      {"role": "assistant", "content": "  "}]}),
+          "out/checkpoints/checkpoint-3/trainer_state.json": "{}\n", "out/recipe.yaml": "stage: sft\nseed: 7\n"}),
+    Case("rejected_overwrite_keeps_the_finished_run", sft_data("empty_turn.jsonl", "train.overwrite_output_dir=true"),
+         ("{d}/empty_turn.jsonl:2: message 1 (assistant) is empty",),
+         {"empty_turn.jsonl": jsonl(MSG, {"messages": [{"role": "user", "content": "Hi"},
+                                                      {"role": "assistant", "content": "  "}]}),
+          "out/run.json": "{\"status\": \"complete\"}\n", "out/model/model.safetensors": b"weights",
+          "out/recipe.yaml": "stage: sft\nseed: 7\n"}),
     Case("last_message_not_assistant", sft_data("user_last.jsonl"),
          ("{d}/user_last.jsonl:1: the last message must be the assistant's",),
          {"user_last.jsonl": jsonl({"messages": [*MSG["messages"], {"role": "user", "content": "Thanks"}]})}),
@@ -392,7 +404,7 @@ def _check(case: Case, rc: object, stderr: str, d: Path, before: dict[str, bytes
     out = d / "out"
     after = _snapshot(out)
     assert {k: after.get(k) for k in before} == before, "an existing output file changed"
-    assert case.id == "finished_run_in_output_dir" or "run.json" not in after
+    assert "run.json" in before or "run.json" not in after
     assert not (d / "pwned").exists()
 
 

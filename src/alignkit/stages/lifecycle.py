@@ -13,7 +13,8 @@ from alignkit.config.recipe import Recipe
 from alignkit.config.registry import stage_spec
 from alignkit.hub import push_run
 from alignkit.preflight import preflight
-from alignkit.runio import RunDir, disk_full_as_error
+from alignkit.errors import AlignkitError
+from alignkit.runio import RunDir, atomic_write_text, disk_full_as_error
 from alignkit.stages import run_function
 from alignkit.trainer_utils import reset_peak_memory
 
@@ -31,14 +32,24 @@ def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None)
         return run(recipe, run_dir, recipe_path, force=force or []) or {}
     main_process = PartialState().is_main_process
     run_dir.prepare(overwrite=recipe.train.overwrite_output_dir, resume=recipe.train.resume_from_checkpoint)
+    saved = run_dir.path / "recipe.yaml"
+    previous = saved.read_text() if saved.is_file() else None
+    progress = run_dir.latest_checkpoint()
     if main_process:
         run_dir.save_recipe(recipe.dump())
     # Seed before any model or adapter is built: LoRA and value-head initialisation must follow the
     # recipe's seed, and be the same on every DDP rank as in a single-process run.
     set_seed(recipe.seed)
     reset_peak_memory()  # peak_memory_mb is this stage's, also as a later pipeline step
-    with disk_full_as_error(run_dir.path):  # a full disk anywhere in the stage: one line, not a traceback
-        metrics = run(recipe, run_dir, recipe_path) or {}
+    try:
+        with disk_full_as_error(run_dir.path):  # a full disk anywhere in the stage: one line, not a traceback
+            metrics = run(recipe, run_dir, recipe_path) or {}
+    except AlignkitError:
+        # A run rejected before it saved anything (a bad data row, ...) leaves the folder's recipe.yaml
+        # describing the run the folder holds (a finished model, or the checkpoints a resume would continue).
+        if main_process and previous is not None and run_dir.latest_checkpoint() == progress:
+            atomic_write_text(saved, previous)
+        raise
     if main_process:
         run_dir.finish(metrics, stage=recipe.stage, recipe=str(recipe_path), **run_dir.model_record())
         if recipe.hub is not None and recipe.hub.push_on_finish:
