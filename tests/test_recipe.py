@@ -154,3 +154,12 @@ def test_train_keys_the_stage_reads_or_left_at_default_are_accepted(tmp_path):
     recipe = load_recipe(write(tmp_path, {**PPO, "train": train}))
     assert recipe.train.learning_rate == 1e-5
     assert load_recipe(write(tmp_path, {**BASE, "train": {"bf16": "auto", "optim": "adafactor"}})).train.bf16 == "auto"
+
+
+def test_home_folder_in_paths_is_expanded(tmp_path, monkeypatch):
+    """`~` in output_dir and in local paths is the home folder (it was a literal "~" folder beside the run)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    recipe = load_recipe("recipes/sft_lora.yaml", ["output_dir=~/runs/x", "data.datasets.0.path=~/data.jsonl"])
+    assert recipe.output_dir == str(tmp_path / "runs" / "x")
+    assert recipe.data.datasets[0].path == str(tmp_path / "data.jsonl")

@@ -37,10 +37,20 @@ def check_unique_names(names: list[str], what: str) -> None:
 
 
 def check_local_path(path: str | None) -> str | None:
-    """Raise if a path that is clearly local does not exist; Hub ids pass through."""
+    """Raise if a path that is clearly local does not exist; Hub ids pass through; "~" is the home folder."""
     if path is not None and looks_local(path) and not Path(path).expanduser().exists():
         raise ValueError(f"file not found: {path}")
-    return path
+    return str(Path(path).expanduser()) if path is not None and path.startswith("~") else path
+
+
+def check_output_dir(path: str) -> str:
+    """The run folder: "~" expanded; empty or holding an unexpanded $VARIABLE is a user error."""
+    if not path.strip():
+        raise ValueError("is empty; name the run's folder")
+    if "$" in path:
+        raise ValueError("holds a $ variable, which recipes do not expand; write the path (on the command line the "
+                         "shell expands output_dir=$VAR/run)")
+    return str(Path(path).expanduser()) if path.startswith("~") else path
 
 
 class ModelSection(Section):
@@ -115,12 +125,17 @@ class DataSection(Section):
     shuffle_seed: int = 0
 
 
+# TrainingArguments that alignkit sets itself from the run folder: passed through trainer_kwargs they would put
+# checkpoints where resume and the completion marker never look.
+OWNED_TRAINER_KWARGS = frozenset({"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_dir"})
+
+
 class TrainSection(Section):
     """The training loop: the names of transformers' TrainingArguments."""
 
     learning_rate: float = Field(2e-4, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1
+    max_steps: int = Field(-1, description="-1: train num_train_epochs; else this many optimizer steps")
     per_device_train_batch_size: int = Field(8, gt=0)
     per_device_eval_batch_size: int = Field(8, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
@@ -141,10 +156,26 @@ class TrainSection(Section):
         False, description="true: the newest checkpoint in output_dir; or a checkpoint path"
     )
     overwrite_output_dir: bool = False
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int = Field(0, ge=0)
     trainer_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments passed to the trainer's config as is"
     )
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, value: int) -> int:
+        if value != -1 and value <= 0:
+            raise ValueError("must be -1 (train num_train_epochs) or a positive number of steps")
+        return value
+
+    @field_validator("trainer_kwargs")
+    @classmethod
+    def _not_owned(cls, value: dict[str, Any]) -> dict[str, Any]:
+        owned = sorted(set(value) & OWNED_TRAINER_KWARGS)
+        if owned:
+            raise ValueError(f"'{owned[0]}' is set by alignkit (checkpoints live under output_dir, resuming and "
+                             "overwriting are train.resume_from_checkpoint / train.overwrite_output_dir); remove it")
+        return value
 
     @model_validator(mode="after")
     def _one_precision(self) -> TrainSection:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from alignkit.config.base import (
     DataSection,
@@ -17,6 +17,7 @@ from alignkit.config.base import (
     QuantizationSection,
     Section,
     TrainSection,
+    check_output_dir,
 )
 from alignkit.config.registry import REGISTRY, STAGE_NAMES, unused_train_keys
 from alignkit.errors import AlignkitError
@@ -32,7 +33,9 @@ class RecipeBase(Section):
 
     stage: Stage
     output_dir: str
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32)  # numpy's range: a seed outside it failed deep inside set_seed
+
+    _check_output_dir = field_validator("output_dir")(check_output_dir)
     model: ModelSection | None = None
     quantization: QuantizationSection | None = None
     peft: PeftSection | None = None

@@ -11,9 +11,9 @@ from transformers import set_seed
 from alignkit.config.base import resolve_precision
 from alignkit.config.recipe import Recipe
 from alignkit.config.registry import stage_spec
+from alignkit.errors import AlignkitError
 from alignkit.hub import push_run
 from alignkit.preflight import preflight
-from alignkit.errors import AlignkitError
 from alignkit.runio import RunDir, atomic_write_text, disk_full_as_error
 from alignkit.stages import run_function
 from alignkit.trainer_utils import reset_peak_memory
