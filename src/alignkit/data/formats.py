@@ -57,6 +57,14 @@ def _text_content(content: Any) -> str | None:
     return None
 
 
+def text_value(value: Any, column: str, where: str) -> str:
+    """A column that must hold text; null, a number or a list names the row (TRL failed on them with a traceback)."""
+    if not isinstance(value, str):
+        raise AlignkitError(f"'{column}' must be text, got {JSON_TYPES.get(type(value), type(value).__name__)}",
+                            where=where)
+    return value
+
+
 def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise AlignkitError("expected a non-empty list of messages", where=where)
@@ -126,13 +134,15 @@ def normalize_sft_rows(rows: Iterable[dict[str, Any]], fmt: str, source: str) ->
             hint = f"; its columns {sorted(row)} fit format {fits}" if fits else f"; it has columns {sorted(row)}"
             raise AlignkitError(f"format {kind} needs column '{missing}'{hint}", where=where)
         if kind == "text":
-            if not str(row["text"]).strip():
+            if not text_value(row["text"], "text", where).strip():
                 raise AlignkitError("empty text", where=where)
             out.append({"text": row["text"]})
         elif kind == "prompt_completion" and isinstance(row["prompt"], str):
-            if not str(row["completion"]).strip():
+            if not text_value(row["completion"], "completion", where).strip():
                 raise AlignkitError("empty completion", where=where)
             out.append({"prompt": row["prompt"], "completion": row["completion"]})
+        elif kind == "prompt_completion" and not isinstance(row["prompt"], list):
+            text_value(row["prompt"], "prompt", where)  # raises: neither text nor a list of messages
         elif kind == "prompt_completion":
             # Kept as prompt/completion so the loss stays on the completion even when the prompt holds
             # earlier assistant turns (TRL intersects the completion and assistant masks).

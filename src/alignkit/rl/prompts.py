@@ -6,8 +6,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from alignkit.config.base import DatasetSpec
+from alignkit.data.formats import JSON_TYPES, ROLES
 from alignkit.data.loading import load_spec
 from alignkit.errors import AlignkitError
+
+
+def prompt_messages(prompt: Any, where: str) -> list[dict[str, str]]:
+    """A row's prompt as chat messages: non-empty text (one user turn) or a list of role/content messages."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise AlignkitError("empty prompt", where=where)
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not prompt:
+        raise AlignkitError(f"'prompt' must be text or a list of messages, got "
+                            f"{JSON_TYPES.get(type(prompt), type(prompt).__name__)}", where=where)
+    for i, m in enumerate(prompt):
+        if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+                and m["content"].strip()):
+            raise AlignkitError(f"prompt message {i} needs a role in {sorted(ROLES)} and a non-empty text content",
+                                where=where)
+    return prompt
 
 
 def load_prompts(specs: Sequence[DatasetSpec], tokenizer: Any, limit: int, limit_key: str,
@@ -28,8 +46,7 @@ def load_prompts(specs: Sequence[DatasetSpec], tokenizer: Any, limit: int, limit
             raise AlignkitError(f"{meta_key}: oracle needs a 'meta' column (the world's prompt rows carry one)",
                                 where=f"data.datasets.{i}: {spec.path}")
         for row_no, row in enumerate(ds, start=1):
-            prompt = row["prompt"]
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            messages = prompt_messages(row["prompt"], f"{spec.path}:{row_no}")
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) > limit:
@@ -37,5 +54,9 @@ def load_prompts(specs: Sequence[DatasetSpec], tokenizer: Any, limit: int, limit
                                     where=f"{spec.path}:{row_no}")
             out.append(ids)
             if with_meta:
+                if not isinstance(row["meta"], dict):
+                    raise AlignkitError(f"{meta_key}: oracle needs 'meta' to be an object, got "
+                                        f"{JSON_TYPES.get(type(row['meta']), type(row['meta']).__name__)}",
+                                        where=f"{spec.path}:{row_no}")
                 metas.append(row["meta"])
     return out, metas
