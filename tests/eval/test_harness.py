@@ -379,3 +379,20 @@ def test_a_qlora_sft_adapter_is_evaluated_as_the_trained_4bit_model(tmp_path, ti
     greedy = Sampling(max_new_tokens=8, temperature=0.0)
     assert ([o["token_ids"] for o in generate(evaluated, tokenizer, prompts, greedy, progress=False)]
             == [o["token_ids"] for o in generate(trained, tokenizer, prompts, greedy, progress=False)])
+
+
+def test_prompts_without_meta_evaluate_and_a_malformed_meta_names_its_row(tmp_path, random_llama):
+    """meta is optional: rows without it (or with null) are judged by a non-oracle judge to the end (the
+    hallucination column once crashed on them after every model had generated); a meta that is not an object
+    stops before generating, naming file:row."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Where is town {i}?", **extra}) + "\n"
+                               for i, extra in enumerate([{}, {"meta": None}, {}])))
+    recipe = eval_recipe(tmp_path / "run", [{"name": "a", "path": random_llama}, {"name": "b", "path": TINY}],
+                         prompts=str(prompts), judge={"type": "reward_model", "path": str(ROOT / "data/models/tiny-rm")})
+    train(write(tmp_path / "eval.yaml", recipe), [])
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["pairs"][0]["n"] == 3 and all(m["hallucination_rate"] is None for m in report["models"])
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "Hi", "meta": "fact"}) + "\n")
+    with pytest.raises(AlignkitError, match=r"p.jsonl:1: 'meta' must be an object .* got text"):
+        load_prompts(validate_recipe({**recipe, "output_dir": str(tmp_path / "o2")}).eval)

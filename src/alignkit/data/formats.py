@@ -22,7 +22,7 @@ from alignkit.errors import AlignkitError
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "bot": "assistant", "model": "assistant"}
 ROLES = {"system", "user", "assistant"}
-JSON_TYPES = {type(None): "null", list: "a list", dict: "an object", int: "a number", float: "a number", bool: "a boolean"}
+JSON_TYPES = {type(None): "null", str: "text", list: "a list", dict: "an object", int: "a number", float: "a number", bool: "a boolean"}
 SFT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 
 

@@ -86,10 +86,10 @@ def hallucination_rate(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapp
     InstructGPT's closed-domain hallucination rate, on the world's honesty task: `rows` are prompt
     rows with a `meta`, `records` the responses (dicts with "text") in the same order.
     """
-    unknown = [rec for row, rec in zip(rows, records, strict=True) if row.get("meta", {}).get("unknown")]
+    unknown = [rec for row, rec in zip(rows, records, strict=True) if (row.get("meta") or {}).get("unknown")]
     if not unknown:
         return None
-    meta_rows = [row["meta"] for row in rows if row.get("meta", {}).get("unknown")]
+    meta_rows = [row["meta"] for row in rows if (row.get("meta") or {}).get("unknown")]
     return sum(hallucinates(m, rec["text"]) for m, rec in zip(meta_rows, unknown, strict=True)) / len(unknown)
 
 
