@@ -122,3 +122,17 @@ def test_rows_holding_a_special_token_as_text_are_found():
             {"text": "plain <| not a token |>"}]
     assert special_token_rows(rows, ["<|eot|>", "<|user|>", "x"]) == [(1, "<|eot|>"), (2, "<|user|>"), (3, "<|eot|>")]
     assert special_token_rows(rows, []) == []
+
+
+def test_a_data_folder_skips_hidden_copies_and_refuses_mixed_types(tmp_path):
+    """A notebook's .ipynb_checkpoints/ copy doubled every row; a csv beside a jsonl failed inside datasets."""
+    rows = '{"text": "a"}\n{"text": "b"}\n'
+    (tmp_path / "d" / ".ipynb_checkpoints").mkdir(parents=True)
+    (tmp_path / "d" / "train.jsonl").write_text(rows)
+    (tmp_path / "d" / ".ipynb_checkpoints" / "train-checkpoint.jsonl").write_text(rows)
+    (tmp_path / "d" / "__MACOSX").mkdir()
+    (tmp_path / "d" / "__MACOSX" / "train.jsonl").write_text(rows)
+    assert len(load_spec(DatasetSpec(path=str(tmp_path / "d")))) == 2
+    (tmp_path / "d" / "more.csv").write_text("text\nc\n")
+    with pytest.raises(AlignkitError, match="folder mixes file types"):
+        load_spec(DatasetSpec(path=str(tmp_path / "d")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -114,4 +115,9 @@ class EvalSection(Section):
             raise ValueError("best_of_n needs eval.reward_model")
         if self.judge.type == "reward_model" and not (self.judge.path or self.reward_model):
             raise ValueError("judge type reward_model needs judge.path or eval.reward_model")
+        template = Path(self.fewshot_template)
+        if (any(m.prompting == "fewshot" for m in self.models) and template.is_file()
+                and "{prompt}" not in template.read_text(errors="replace")):
+            # Without the placeholder every prompt would be the same text: the question is never asked.
+            raise ValueError(f"fewshot_template {self.fewshot_template} has no {{prompt}} placeholder for the question")
         return self

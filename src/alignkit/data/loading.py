@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from alignkit.config.base import DatasetSpec
 from alignkit.errors import AlignkitError
 
+log = logging.getLogger(__name__)
+
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text", ".arrow": "arrow"}
+
+
+def data_files(folder: Path) -> list[str]:
+    """The data files under a folder, hidden ones and those in hidden folders (.ipynb_checkpoints/, .git/) and
+    __MACOSX/ left out: a notebook's checkpoint copy would otherwise train every row twice."""
+    return sorted(str(p) for p in folder.rglob("*") if p.suffix in BUILDERS and p.is_file()
+                  and not any(part.startswith((".", "__")) for part in p.relative_to(folder).parts))
 
 
 def load_spec(spec: DatasetSpec, where: str = "data.datasets") -> Any:
@@ -21,9 +31,16 @@ def load_spec(spec: DatasetSpec, where: str = "data.datasets") -> Any:
     files: list[str] = []
     try:
         if path.exists():
-            files = sorted(str(p) for p in path.rglob("*") if p.suffix in BUILDERS) if path.is_dir() else [str(path)]
+            files = data_files(path) if path.is_dir() else [str(path)]
             if not files:
                 raise AlignkitError("folder holds no json/jsonl/parquet/csv/txt files", where=f"{where}: {spec.path}")
+            kinds = sorted({BUILDERS.get(Path(f).suffix, Path(f).suffix) for f in files})
+            if len(kinds) > 1:
+                raise AlignkitError(f"folder mixes file types ({', '.join(kinds)}); keep one type per dataset entry",
+                                    where=f"{where}: {spec.path}")
+            if path.is_dir():
+                log.info("%s: %s: reading %d file(s): %s", where, spec.path, len(files),
+                         ", ".join(str(Path(f).relative_to(path)) for f in files))
             builder = BUILDERS.get(Path(files[0]).suffix)
             if builder is None:
                 raise AlignkitError(f"unsupported file type '{path.suffix}'", where=f"{where}: {spec.path}")
