@@ -224,3 +224,16 @@ def test_careful_share_out_of_range_is_a_user_error(tmp_path):
     with pytest.raises(AlignkitError, match="careful-share"):
         generate_world(tmp_path / "world", tmp_path / "eval" / "p.jsonl", careful_share=1.2)
     assert not (tmp_path / "world").exists()
+
+
+@pytest.mark.parametrize("out, eval_out, key", [("file", "e/p.jsonl", "--out"), ("w", "edir", "--eval-out"),
+                                               ("w", "file/p.jsonl", "--eval-out")])
+def test_a_blocked_destination_stops_before_any_file_is_written(tmp_path, out, eval_out, key):
+    """An --eval-out that is a folder once failed after six world files had been overwritten."""
+    (tmp_path / "file").write_text("keep\n")
+    (tmp_path / "edir").mkdir()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(AlignkitError, match=key):
+        generate_world(tmp_path / out, tmp_path / eval_out)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "file").read_text() == "keep\n"

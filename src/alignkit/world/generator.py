@@ -279,10 +279,14 @@ def write_atomic(path: Path, text: str) -> str:
     """Write text via a temp file + os.replace (readers never see half a file); return its sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped data must be readable by everyone
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped data must be readable by everyone
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
@@ -300,6 +304,15 @@ def generate_world(out_dir: str | Path, eval_path: str | Path, seed: int = 0, no
     if not 0.0 <= careful_share <= 1.0:
         raise AlignkitError(f"careful share must be in [0, 1], got {careful_share}", "--careful-share")
     out_dir, eval_path = Path(out_dir), Path(eval_path)
+    # Every destination checked before the first file is written: a world half of one seed, half of another
+    # (with a manifest that names neither) is worse than none.
+    for folder, key in ((out_dir, "--out"), (eval_path.parent, "--eval-out")):
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise AlignkitError(f"{blocking} is a file, not a folder", key)
+    if eval_path.is_dir():
+        raise AlignkitError(f"{eval_path} is a folder; name the eval prompts file (e.g. {eval_path}/world_prompts.jsonl)",
+                            "--eval-out")
     world = build_world(seed)
     rngs = {
         name: random.Random(f"{seed}-{name}")
