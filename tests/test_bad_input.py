@@ -182,6 +182,10 @@ LIGHT = [
 ]
 
 PREFLIGHT = [
+    Case("reward_model_config_not_json", ["train", "recipes/ppo.yaml", "output_dir={d}/out", "ppo.reward_model={d}/rm"],
+         ("ppo.reward_model: {d}/rm/config.json: not valid JSON",), {"rm/config.json": "{bad\n"}),
+    Case("model_config_not_an_object", sft("model.name_or_path={d}/m"),
+         ("model.name_or_path: {d}/m/config.json: not a JSON object",), {"m/config.json": "[1, 2]\n"}),
     Case("ppo_reward_model_is_a_language_model", ["train", "recipes/ppo.yaml", "output_dir={d}/out",
                                                   "ppo.reward_model=data/models/tiny-sft"],
          ("ppo.reward_model: data/models/tiny-sft is a LlamaForCausalLM, not a reward model",)),

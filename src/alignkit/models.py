@@ -244,7 +244,7 @@ def _from_pretrained(cls: Any, path: str, model: ModelSection, key: str, **kwarg
                 **({"attn_implementation": model.attn_implementation} if model.attn_implementation else {}),
                 **kwargs,
             )
-    except (OSError, ValueError, ImportError) as exc:
+    except (OSError, ValueError, ImportError, TypeError) as exc:  # TypeError: a config.json that is not an object
         raise _load_error(path, exc, key, model.attn_implementation) from None
     if quantized:
         release_checkpoint_mapping(loaded)

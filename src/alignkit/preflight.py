@@ -15,6 +15,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import constants, get_token
 from transformers.integrations.integration_utils import (
@@ -299,6 +300,18 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def json_object(file: Path, key: str) -> dict[str, Any]:
+    """A model folder's config.json / adapter_config.json as a dict; anything else names the file and key."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as exc:
+        raise AlignkitError(f"{file}: not valid JSON ({exc.msg}, line {exc.lineno}); copy or download the model "
+                            "again", where=key) from None
+    if not isinstance(data, dict):
+        raise AlignkitError(f"{file}: not a JSON object; copy or download the model again", where=key)
+    return data
+
+
 def model_folders(recipe: Recipe) -> list[tuple[str, Path]]:
     """(key, folder) of local model folders, with an adapter's local base folder after it."""
     found = []
@@ -307,7 +320,9 @@ def model_folders(recipe: Recipe) -> list[tuple[str, Path]]:
             continue
         found.append((key, path))
         config = path / "adapter_config.json"
-        base = json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None
+        base = json_object(config, key).get("base_model_name_or_path") if config.is_file() else None
+        if (path / "config.json").is_file():
+            json_object(path / "config.json", key)
         if (base_path := local_path(base)) is not None and base_path.is_dir():
             found.append((f"{key} (the adapter's base)", base_path))
     return found
@@ -336,14 +351,14 @@ def scoring_reward_models(recipe: Recipe) -> list[tuple[str, str]]:
     return found
 
 
-def reward_head_problem(folder: Path) -> str | None:
+def reward_head_problem(folder: Path, key: str = "reward_model") -> str | None:
     """Why a local model folder is not a reward model (a causal LM's folder has no trained score head), or None."""
     adapter = folder / "adapter_config.json"
     if adapter.is_file():
-        task = json.loads(adapter.read_text()).get("task_type")
+        task = json_object(adapter, key).get("task_type")
         return None if task in (None, "SEQ_CLS") else f"is a {task} adapter, not a reward model's (SEQ_CLS)"
     config = folder / "config.json"
-    architectures = json.loads(config.read_text()).get("architectures") if config.is_file() else None
+    architectures = json_object(config, key).get("architectures") if config.is_file() else None
     if not architectures or any(a.endswith("ForSequenceClassification") for a in architectures):
         return None
     return f"is a {architectures[0]}, not a reward model: its score head would start random"
@@ -354,7 +369,7 @@ def check_reward_heads(recipe: Recipe) -> None:
     random one, and PPO would then optimise noise without a word."""
     for key, path in scoring_reward_models(recipe):
         folder = local_path(path)
-        if folder is not None and folder.is_dir() and (problem := reward_head_problem(folder)):
+        if folder is not None and folder.is_dir() and (problem := reward_head_problem(folder, key)):
             raise AlignkitError(f"{path} {problem}; train one with stage: reward (recipes/reward.yaml)", where=key)
 
 

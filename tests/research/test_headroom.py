@@ -86,11 +86,20 @@ def test_best_of_n_entry_is_compared_with_every_model(tmp_path):
 
 def test_cli_names_a_missing_model_template_or_prompt_file(tmp_path, capsys):
     sft = str(MODELS / "tiny-sft")
+    no_meta = tmp_path / "no_meta.jsonl"
+    no_meta.write_text(json.dumps({"id": "p0", "prompt": "Where is Bresbis?"}) + "\n")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("[1, 2]\n")
     cases = [([str(tmp_path / "nope")], "no folder"),
              ([f"{sft}@fewshot", "--fewshot-template", str(tmp_path / "none.txt")], "no few-shot template"),
              ([sft, "--prompts", str(tmp_path / "p.jsonl")], "--prompts"),
              ([sft, "--best-of", "2", "--reward-model", str(tmp_path / "rm")], "--reward-model"),
-             (["ideal", "--best-of", "2", "--reward-model", str(MODELS / "tiny-rm")], "not ideal")]
+             (["ideal", "--best-of", "2", "--reward-model", str(MODELS / "tiny-rm")], "not ideal"),
+             ([sft, "--samples", "0"], "--samples must be at least 1"),
+             ([sft, "--out", str(tmp_path)], "is a folder"),
+             ([sft, "--prompts", str(no_meta)], "no_meta.jsonl:1: needs the world's prompt row"),
+             ([str(broken)], "not a loadable model folder")]
     for argv, needle in cases:
         with pytest.raises(SystemExit) as done:
             headroom.main(argv)

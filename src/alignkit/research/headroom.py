@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.errors import AlignkitError
 from alignkit.eval.stats import SCORE
 from alignkit.world import oracle
 from alignkit.world.generator import write_atomic
@@ -101,8 +102,12 @@ def sample_answers(spec: str, rows: Sequence[dict], seeds: Sequence[int], max_ne
 
     path, temperature, prompting = parse_model(spec)
     template = Path(fewshot_template).read_text() if prompting == "fewshot" else None
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a config.json that is not an object
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise AlignkitError(f"not a loadable model folder ({reason})", where=f"model {spec!r}") from None
     texts = [render_prompt(tokenizer, r["prompt"], prompting, template) for r in rows]
     return [generate(model, tokenizer, texts, Sampling(max_new_tokens=max_new_tokens, temperature=temperature,
                                                        batch_size=100, seed=seed),
@@ -146,6 +151,27 @@ def best_of_n_scores(spec: str, rows: Sequence[dict], samples: int, n: int, rewa
     return out
 
 
+def read_rows(prompts: str) -> list[dict[str, Any]]:
+    """The world's prompt rows ({"prompt": [messages], "meta": {...}}); a row that is not one names file:line."""
+    rows = []
+    for n, line in enumerate(Path(prompts).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AlignkitError(f"not JSON ({exc.msg})", where=f"{prompts}:{n}") from None
+        if not (isinstance(row, dict) and isinstance(row.get("prompt"), list) and isinstance(row.get("meta"), dict)
+                and "task" in row["meta"]):
+            raise AlignkitError("needs the world's prompt row: 'prompt' (a list of messages) and its 'meta' "
+                                "(the oracle scores by it; data/world/validation_prompts.jsonl has them)",
+                                where=f"{prompts}:{n}")
+        rows.append(row)
+    if not rows:
+        raise AlignkitError("no prompt rows", where=prompts)
+    return rows
+
+
 def headroom(specs: Sequence[str], prompts: str, samples: int = 8, seed: int = 1000, best_of: int = 0,
              reward_model: str | None = None, fewshot_template: str = FEWSHOT_TEMPLATE) -> dict[str, Any]:
     """The report described in the module docstring."""
@@ -153,7 +179,7 @@ def headroom(specs: Sequence[str], prompts: str, samples: int = 8, seed: int = 1
         raise ValueError("--best-of needs --reward-model")
     if best_of and specs[0] == IDEAL:
         raise ValueError("--best-of needs a model first, not ideal")
-    rows = [json.loads(line) for line in Path(prompts).read_text().splitlines() if line.strip()]
+    rows = read_rows(prompts)
     scores = {spec: sample_scores(spec, rows, samples, seed, fewshot_template=fewshot_template) for spec in specs}
     first = specs[0]
     report = {"prompts": prompts, "n_prompts": len(rows), "samples": samples,
@@ -185,6 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fewshot-template", default=FEWSHOT_TEMPLATE, help="the prompt of MODEL@fewshot ({prompt} "
                                                                          "marks the question)")
     args = ap.parse_args(argv)
+    if args.samples < 1 or args.best_of < 0:
+        ap.error("--samples must be at least 1 and --best-of at least 0")
+    if args.out and Path(args.out).is_dir():
+        ap.error(f"--out: {args.out} is a folder; name the report file")
     if args.best_of and not args.reward_model:
         ap.error("--best-of needs --reward-model")
     if args.best_of and args.models[0] == IDEAL:
@@ -200,8 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, path in (("--prompts", args.prompts), ("--reward-model", args.reward_model)):
         if path and not Path(path).exists():
             ap.error(f"{name}: no such file or folder {path}")
-    text = json.dumps(headroom(args.models, args.prompts, args.samples, args.seed, args.best_of, args.reward_model,
-                               args.fewshot_template), indent=2)
+    try:
+        text = json.dumps(headroom(args.models, args.prompts, args.samples, args.seed, args.best_of,
+                                   args.reward_model, args.fewshot_template), indent=2)
+    except AlignkitError as err:
+        ap.exit(2, f"{ap.prog}: error: {err}\n")
     if args.out:
         write_atomic(Path(args.out), text + "\n")
     print(text)
