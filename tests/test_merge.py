@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,30 @@ def test_4bit_layers_keep_their_arithmetic_on_every_cpu(tiny_model_dir):
 
 def _name(model, module) -> str:
     return next(n for n, m in model.named_modules() if m is module)
+
+
+def test_an_adapter_saved_without_its_tokenizer_merges_with_the_bases(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """PEFT and TRL save adapters without a tokenizer: the base's is used (it was a Hub-id traceback)."""
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", tiny_tokenizer)
+    for f in (tmp_path / "adapter").iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            f.unlink()
+    merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "merged"))
+    torch.testing.assert_close(_logits(_plain(tmp_path / "merged")), _logits(adapter), atol=1e-4, rtol=1e-4)
+    assert (tmp_path / "merged" / "tokenizer_config.json").is_file()
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"adapter_config.json": "{bad"}, "adapter_config.json: not valid JSON"),
+    ({"adapter_config.json": json.dumps({"base_model_name_or_path": "/nonexistent/base", "peft_type": "LORA"})},
+     "its base model /nonexistent/base (base_model_name_or_path in adapter_config.json) is not found"),
+    ({"adapter_config.json": json.dumps({"base_model_name_or_path": "data/models/tiny-base", "peft_type": "LORA"})},
+     "no adapter_model.safetensors"),
+])
+def test_a_broken_adapter_folder_is_named_before_loading(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / "adapter").mkdir(exist_ok=True)
+        (tmp_path / "adapter" / name).write_text(text)
+    with pytest.raises(AlignkitError, match=re.escape(message)) as err:
+        merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "merged"))
+    assert err.value.where == str(tmp_path / "adapter") and not (tmp_path / "merged").exists()

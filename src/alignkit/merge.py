@@ -11,19 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer
 
-from alignkit.config.base import ModelSection
+from alignkit.config.base import ModelSection, looks_local
 from alignkit.errors import AlignkitError
 from alignkit.models import (
     adapter_base,
     attach_adapter,
     dequantize,
     load_causal_lm,
+    load_tokenizer,
     recorded_quantization,
     set_generation_eos,
 )
-from alignkit.preflight import local_path, overlap
+from alignkit.preflight import json_object, local_path, overlap
 from alignkit.runio import QUANT_FILE, save_model
 
 __all__ = ["MERGE_MARKER", "QUANT_FILE", "check_merge_target", "load_for_merge", "merge_adapter"]
@@ -66,16 +66,35 @@ def check_merge_target(adapter_dir: str, out_dir: str) -> None:
                             "wrote itself, choose a new or empty folder", where=where)
 
 
+def check_adapter(adapter_dir: str, files: bool = True) -> None:
+    """The adapter folder holds what a merge reads: a JSON config naming its base (and, with `files`, that base,
+    the adapter's weights). Each was a traceback from PEFT, pydantic or the Hub client."""
+    folder = Path(adapter_dir)
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        raise AlignkitError("not a PEFT adapter folder (no adapter_config.json)", where=adapter_dir)
+    base = json_object(config, adapter_dir).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise AlignkitError(f"{config}: no base_model_name_or_path", where=adapter_dir)
+    if not files:
+        return
+    if looks_local(base) and not Path(base).expanduser().exists():
+        raise AlignkitError(f"its base model {base} (base_model_name_or_path in adapter_config.json) is not found; "
+                            "put the base there or edit that path", where=adapter_dir)
+    if not any((folder / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise AlignkitError("no adapter_model.safetensors: the adapter's weights are missing", where=adapter_dir)
+
+
 def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "float32") -> Path:
     """Write the merged full model + tokenizer (+ generation_config) to out_dir as safetensors."""
-    if adapter_base(adapter_dir) is None:
-        raise AlignkitError("not a PEFT adapter folder (no adapter_config.json)", where=adapter_dir)
+    check_adapter(adapter_dir, files=False)
     check_merge_target(adapter_dir, out_dir)  # before minutes of loading, and before anything is replaced
+    check_adapter(adapter_dir)
     merged = load_for_merge(adapter_dir, dtype)
     if getattr(merged.config, "quantization_config", None) is not None:
         # The weights are now plain floats; a leftover config would make loaders re-quantize them.
         del merged.config.quantization_config
         merged.is_quantized = False
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    tokenizer = load_tokenizer(ModelSection(name_or_path=adapter_dir))  # the adapter's own, else its base's
     set_generation_eos(merged, tokenizer)  # the base's generation_config may not know the chat EOS
     return save_model(merged, tokenizer, out_dir, extra_json={MERGE_MARKER: {"adapter": str(adapter_dir), "dtype": dtype}})
