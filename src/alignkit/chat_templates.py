@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 TEMPLATE_FILE_SUFFIXES = (".jinja", ".j2", ".txt")
 
@@ -97,4 +98,22 @@ def check_template_setting(value: str | None) -> str | None:
     if value is not None and looks_like_name(value) and value not in BUILTIN_TEMPLATES:
         raise ValueError(f"unknown built-in chat template {value!r}; choose one of "
                          f"{', '.join(BUILTIN_TEMPLATES)}, or give Jinja text or a .jinja file")
+    if value is not None and value not in BUILTIN_TEMPLATES:
+        file = Path(value).expanduser() if "\n" not in value and "{" not in value else None
+        text = file.read_text(errors="replace") if file is not None and file.is_file() else value
+        check_jinja(text, str(file) if file is not None and file.is_file() else "the template text")
     return value
+
+
+def check_jinja(text: str, what: str) -> None:
+    """A Jinja syntax error in a chat template, found when the recipe is read (it was a jinja2 traceback at the
+    first rendered row); compiled as transformers compiles chat templates ({% generation %} included)."""
+    try:
+        from jinja2 import TemplateSyntaxError
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # another transformers: the tokenizer reports it when it renders
+        return
+    try:
+        _compile_jinja_template(text)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"{what} is not valid Jinja: {exc.message} (line {exc.lineno})") from None
