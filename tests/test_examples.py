@@ -62,10 +62,11 @@ def test_example_trains_one_cpu_step(example, tmp_path, tiny_tokenizer, example_
     model = tiny_model(tmp_path / model_type, model_type, tiny_tokenizer)
     data = example_data[fmt]
     out = tmp_path / "run"
+    # A local file has no splits: the Hub split names go with the Hub ids (a kept one is refused, not ignored).
     overrides = [f"output_dir={out}", f"model.name_or_path={model}", f"data.datasets.0.path={data}",
-                 "train.max_steps=1"]
+                 "data.datasets.0.split=train", "train.max_steps=1"]
     if "eval_datasets:" in (EXAMPLES / example).read_text():
-        overrides.append(f"data.eval_datasets.0.path={data}")
+        overrides += [f"data.eval_datasets.0.path={data}", "data.eval_datasets.0.split=train"]
     metrics = train(str(EXAMPLES / example), overrides)  # quantization, LoRA, packing... as the example sets them
     assert metrics["global_step"] == 1 and math.isfinite(metrics["train_loss"])
     assert (out / "model").is_dir()

@@ -98,7 +98,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "merge":
         from alignkit.merge import merge_adapter
 
-        merge_adapter(args.adapter, args.out, dtype=args.dtype)
+        merge_adapter(str(Path(args.adapter).expanduser()), str(Path(args.out).expanduser()), dtype=args.dtype)
         print(f"merged model written to {args.out}")
         return 0
     if args.command == "report":

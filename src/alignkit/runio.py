@@ -325,7 +325,13 @@ class RunDir:
         """The run.json of a finished run."""
         if not self.is_complete():
             raise AlignkitError("not a finished alignkit run (no run.json)", where=str(self.path))
-        return json.loads((self.path / COMPLETE_MARKER).read_text())
+        try:
+            summary = json.loads((self.path / COMPLETE_MARKER).read_text())
+        except json.JSONDecodeError as exc:
+            raise AlignkitError(f"{COMPLETE_MARKER} is not valid JSON ({exc.msg})", where=str(self.path)) from None
+        if not isinstance(summary, dict):
+            raise AlignkitError(f"{COMPLETE_MARKER} is not a JSON object", where=str(self.path))
+        return summary
 
 
 class MetricsLogger:

@@ -114,6 +114,17 @@ class DatasetSpec(Section):
 
     _check_path = field_validator("path")(check_local_path)
 
+    @model_validator(mode="after")
+    def _hub_only_keys(self) -> DatasetSpec:
+        # A local file has no splits or configurations: the keys would look applied while the whole file trains.
+        if Path(self.path).expanduser().exists():
+            if self.split != "train":
+                raise ValueError(f"split {self.split!r} applies to Hub datasets; {self.path} is a local file: "
+                                 "point path at the file that holds that split")
+            if self.name is not None:
+                raise ValueError(f"name {self.name!r} applies to Hub datasets; {self.path} is a local file")
+        return self
+
 
 class DataSection(Section):
     """Training (and optional evaluation) data."""
@@ -145,9 +156,9 @@ class TrainSection(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     optim: str = "adamw_torch"
     logging_steps: int = Field(10, gt=0)
-    eval_steps: int | None = None
+    eval_steps: int | None = Field(None, gt=0)
     save_steps: int = Field(500, gt=0)
-    save_total_limit: int | None = 2
+    save_total_limit: int | None = Field(2, gt=0)
     gradient_checkpointing: bool = False
     bf16: bool | Literal["auto"] = Field(False, description="auto: bf16 where the device supports it, else fp32")
     fp16: bool | Literal["auto"] = Field(False, description="auto: fp16 on an accelerator when bf16 is not used")

@@ -27,6 +27,8 @@ def load_spec(spec: DatasetSpec, where: str = "data.datasets") -> Any:
     import datasets
 
     datasets.disable_progress_bars()
+    # Its JSON builder logs an ERROR before it raises; the raise becomes one line naming file:row below.
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
     path = Path(spec.path).expanduser()
     files: list[str] = []
     try:
@@ -77,11 +79,28 @@ def first_bad_json_line(files: list[str]) -> AlignkitError | None:
         with open(name, encoding="utf-8", errors="replace") as fh:
             for row, line in enumerate(fh, start=1):
                 try:
-                    if line.strip():
-                        json.loads(line)
+                    value = json.loads(line) if line.strip() else {}
                 except json.JSONDecodeError as exc:
                     return AlignkitError(f"not valid JSON ({exc.msg} at column {exc.colno})", where=f"{name}:{row}")
+                if not isinstance(value, dict):
+                    return AlignkitError("a row must be a JSON object ({...}) with named columns",
+                                         where=f"{name}:{row}")
+                if _has_duplicate_key(line):
+                    return AlignkitError("a key appears twice in this row", where=f"{name}:{row}")
     return None
+
+
+def _has_duplicate_key(line: str) -> bool:
+    """Whether an object in one JSON line names a key twice (json.loads silently keeps the last)."""
+    found = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [k for k, _ in pairs]
+        found.extend(names[:1] if len(set(names)) != len(names) else [])
+        return dict(pairs)
+
+    json.loads(line, object_pairs_hook=pairs_hook)
+    return bool(found)
 
 
 def _rename(ds: Any, spec: DatasetSpec, where: str) -> Any:

@@ -144,7 +144,7 @@ def _ranked(row: dict[str, Any], where: str) -> tuple[list[dict], list[str]]:
         raise AlignkitError("a ranking needs a list of at least two responses (K >= 2)", where=where)
     texts = [_response(r, f"{where} responses[{i}]") for i, r in enumerate(responses)]
     k = len(texts)
-    if not isinstance(ranking, list) or not all(isinstance(i, int) for i in ranking) or sorted(ranking) != list(
+    if not isinstance(ranking, list) or not all(type(i) is int for i in ranking) or sorted(ranking) != list(
         range(k)
     ):
         raise AlignkitError(f"ranking {ranking} is not a permutation of 0..{k - 1}", where=where)
