@@ -427,3 +427,16 @@ def test_whole_chain_on_more_architectures(arch, tmp_path):
     assert chain.metrics["ppo"]["rollouts"] == 1
     assert_trained(chain.metrics["dpo"], 2)
     assert_trained(chain.metrics["qlora"], 1)
+
+
+def test_weights_that_do_not_fit_their_config_are_one_line(arch_dirs, tmp_path):
+    """A config.json from another size (hidden_size doubled) was a RuntimeError traceback from transformers."""
+    import shutil
+
+    folder = tmp_path / "wrong"
+    shutil.copytree(arch_dirs["llama"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 2 * config["intermediate_size"]}))
+    with pytest.raises(AlignkitError, match="its weights do not fit its config.json") as err:
+        load_causal_lm(ModelSection(name_or_path=str(folder)))
+    assert err.value.where == "model.name_or_path"

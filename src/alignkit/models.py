@@ -246,6 +246,11 @@ def _from_pretrained(cls: Any, path: str, model: ModelSection, key: str, **kwarg
             )
     except (OSError, ValueError, ImportError, TypeError) as exc:  # TypeError: a config.json that is not an object
         raise _load_error(path, exc, key, model.attn_implementation) from None
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc) and "ignore_mismatched_sizes" not in str(exc):
+            raise
+        raise AlignkitError(f"'{path}': its weights do not fit its config.json (tensor shapes differ); copy or "
+                            "download the model again, config and weights together", where=key) from None
     if quantized:
         release_checkpoint_mapping(loaded)
         keep_4bit_arithmetic(loaded)
