@@ -345,10 +345,9 @@ def register_score_head(path: str, section: ModelSection) -> str | None:
     if (kind in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING or getattr(config, "auto_map", None)
             or config.is_encoder_decoder):  # a score head on the decoder-only backbone, nothing else
         return None
-    try:
-        causal, _ = MODEL_FOR_CAUSAL_LM_MAPPING[kind], MODEL_MAPPING[kind]
-    except KeyError:
+    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING or kind not in MODEL_MAPPING:  # no backbone to put a head on
         return None
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING[kind]
     pretrained = next((c for c in causal.__mro__[1:] if c.__name__.endswith("PreTrainedModel")
                        and c.__name__ != "PreTrainedModel"), None)
     if pretrained is None:
