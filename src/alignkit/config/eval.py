@@ -115,6 +115,9 @@ class EvalSection(Section):
             raise ValueError("best_of_n needs eval.reward_model")
         if self.judge.type == "reward_model" and not (self.judge.path or self.reward_model):
             raise ValueError("judge type reward_model needs judge.path or eval.reward_model")
+        if self.prompt_split != "train" and Path(self.prompts).expanduser().exists():
+            raise ValueError(f"prompt_split {self.prompt_split!r} applies to Hub datasets; {self.prompts} is a local "
+                             "file")
         template = Path(self.fewshot_template)
         if (any(m.prompting == "fewshot" for m in self.models) and template.is_file()
                 and "{prompt}" not in template.read_text(errors="replace")):
