@@ -126,3 +126,37 @@ def test_resolve_refs_and_input_paths(tmp_path: Path) -> None:
     data.write_text("{}\n")
     dump = {"output_dir": str(tmp_path), "data": [str(data), "org/hub-id", "train"], "k": 1}
     assert input_paths(dump, skip={"output_dir"}) == [str(data)]
+
+
+def test_a_pipeline_never_writes_into_another_run_or_the_users_files(pipeline_recipe: tuple[Path, Path]) -> None:
+    """A finished SFT run as output_dir had its run.json and recipe.yaml overwritten; a user's folder named like
+    a step was deleted with its files."""
+    path, out = pipeline_recipe
+    out.mkdir()
+    (out / "run.json").write_text('{"status": "complete", "stage": "sft"}\n')
+    (out / "recipe.yaml").write_text("stage: sft\n")
+    with pytest.raises(AlignkitError, match="holds a finished run of another stage and no pipeline manifest.json"):
+        train(str(path), [])
+    assert (out / "recipe.yaml").read_text() == "stage: sft\n" and not (out / "first").exists()
+    (out / "run.json").unlink()
+    (out / "recipe.yaml").unlink()
+    (out / "first").mkdir()
+    (out / "first" / "notes.txt").write_text("mine\n")
+    with pytest.raises(AlignkitError, match="holds files of something else"):
+        train(str(path), [])
+    assert (out / "first" / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_failed_rerun_keeps_the_finished_step_and_the_folder_as_it_was(pipeline_recipe: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    """An edited step whose data is bad once deleted the finished step (model, checkpoints, run.json) before the
+    data was read, and left the pipeline's recipe.yaml describing the failed run."""
+    path, out = pipeline_recipe
+    train(str(path), [])
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": null}\n')
+    with pytest.raises(AlignkitError, match=r"document 2\): 'text' must be text, got null"):
+        train(str(path), [f"pipeline.steps.0.overrides=[data.datasets.0.path={bad}]"])
+    after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before

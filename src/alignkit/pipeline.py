@@ -26,7 +26,7 @@ from alignkit.config.pipeline import PipelineStep
 from alignkit.config.recipe import Recipe, load_yaml
 from alignkit.config.steps import step_outputs, step_recipe
 from alignkit.errors import AlignkitError
-from alignkit.runio import RunDir, atomic_write_json
+from alignkit.runio import RunDir, atomic_write_json, atomic_write_text
 from alignkit.stages.lifecycle import run_recipe
 
 log = logging.getLogger("alignkit.pipeline")
@@ -108,11 +108,41 @@ def check_force(force: list[str], steps: list[PipelineStep], stages: dict[str, s
 
 # ---- running ----------------------------------------------------------------------------------------------
 
-def run_step(recipe: Recipe, step: PipelineStep, run_dir: Path) -> dict[str, Any]:
-    """Run one step's recipe in a clean run folder (kept only when it asks to resume a checkpoint)."""
+def check_pipeline_folder(out: Path) -> None:
+    """A pipeline writes into a new or empty folder, or one holding an earlier pipeline run (its manifest.json):
+    anything else (a finished SFT run, the user's files) would be mixed into or overwritten."""
+    if out.exists() and not out.is_dir():
+        raise AlignkitError("exists and is not a folder", where=f"output_dir: {out}")
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        what = "a finished run of another stage" if RunDir(out).is_complete() else "files of something else"
+        raise AlignkitError(f"holds {what} and no pipeline manifest.json; choose a new or empty output_dir",
+                            where=f"output_dir: {out}")
+
+
+def run_step(recipe: Recipe, step: PipelineStep, run_dir: Path, ours: bool) -> dict[str, Any]:
+    """Run one step's recipe in a clean run folder (kept only when it asks to resume a checkpoint).
+
+    An earlier run of the step (`ours`: the manifest names it) is moved aside, not deleted, until the step
+    finishes: a step that fails (a bad data row, a crash) gets its finished predecessor back."""
+    aside = run_dir.with_name(f".{run_dir.name}.previous")
     if run_dir.exists() and not recipe.train.resume_from_checkpoint:
-        shutil.rmtree(run_dir)  # stale checkpoints or caches (eval completions) must not leak into the new run
-    return run_recipe(recipe, step.recipe)
+        if not ours and any(run_dir.iterdir()):
+            raise AlignkitError(f"the folder of step {step.name} holds files this pipeline did not write; move them "
+                                "or choose another output_dir", where=f"pipeline step {step.name}: {run_dir}")
+        if aside.exists():
+            shutil.rmtree(aside)
+        run_dir.rename(aside)  # stale checkpoints or caches (eval completions) must not leak into the new run
+    try:
+        metrics = run_recipe(recipe, step.recipe)
+    except BaseException:
+        if aside.exists():
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            aside.rename(run_dir)
+        raise
+    if aside.exists():
+        shutil.rmtree(aside)
+    return metrics
 
 
 def print_report(section_report: str | None, steps: list[PipelineStep], stages: dict[str, str],
@@ -130,9 +160,12 @@ def print_report(section_report: str | None, steps: list[PipelineStep], stages: 
 def run(recipe: Recipe, run_dir: RunDir, recipe_path: str, force: list[str] | None = None) -> dict[str, Any]:
     """Run (or skip) every step in order, keep the manifest current, print the eval report at the end."""
     section, out = recipe.pipeline, run_dir.path
+    check_pipeline_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    run_dir.save_recipe(recipe.dump())
     manifest_path = out / MANIFEST
+    saved = {name: (out / name).read_text() for name in (MANIFEST, "recipe.yaml", "run.json")
+             if (out / name).is_file()}  # restored when the first step that runs fails
+    run_dir.save_recipe(recipe.dump())
     manifest = read_manifest(manifest_path)
     previous = manifest["steps"]
     manifest.update(pipeline=str(recipe_path), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"), steps={})
@@ -165,11 +198,18 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str, force: list[str] | No
             log.info("step %s (%s): running %s", step.name, step_cfg.stage, step.recipe)
             entry["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             start = time.time()
+            (out / "run.json").unlink(missing_ok=True)  # the pipeline is unfinished until its last step is
             try:
-                entry["metrics"] = run_step(step_cfg, step, step_dir)
+                entry["metrics"] = run_step(step_cfg, step, step_dir, ours=step.name in previous)
             except BaseException as exc:
-                entry.update(status="failed", error=str(exc)[:500])
-                manifest["steps"][step.name] = entry
+                if not ran:  # nothing changed yet: the folder stays exactly as it was
+                    for name, text in saved.items():
+                        atomic_write_text(out / name, text)
+                    raise
+                # Its finished predecessor, if any, is back in step_dir: that step keeps its earlier entry.
+                failure = {"error": str(exc)[:500], "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                manifest["steps"][step.name] = ({**old, "failed": failure} if old
+                                                else {**entry, "status": "failed", "error": failure["error"]})
                 atomic_write_json(manifest_path, manifest)
                 raise
             entry.update(status="ran", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),

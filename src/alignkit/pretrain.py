@@ -14,6 +14,7 @@ from typing import Any
 
 from alignkit.config import Recipe
 from alignkit.config.base import ModelSection
+from alignkit.data.formats import text_value
 from alignkit.data.loading import load_specs, mix
 from alignkit.data.packing import pack_documents
 from alignkit.errors import AlignkitError
@@ -31,7 +32,7 @@ def _texts(ds: Any, column: str, limit: int | None = None) -> Any:
         raise AlignkitError(f"no '{column}' column (has {names}); map one with columns: {{text: ...}}",
                             where="data.datasets")
     rows = ds if limit is None else itertools.islice(ds, limit)
-    return (row[column] for row in rows)
+    return (text_value(row[column], column, f"data.datasets (document {i})") for i, row in enumerate(rows, start=1))
 
 
 def build_tokenizer(recipe: Recipe, corpus: Any) -> Any:
