@@ -119,3 +119,22 @@ def test_ideal_entry_is_the_reference_and_beats_or_ties_any_model(tmp_path):
     assert base_wins < 0.5   # the base loses to (or ties) the ideal answers, never wins overall
     with pytest.raises(ValueError, match="ideal"):
         headroom.headroom(["ideal"], str(prompts), best_of=2, reward_model=str(MODELS / "tiny-rm"))
+
+
+def test_annotate_and_probe_clis_refuse_bad_arguments_before_loading_a_model(tmp_path, capsys):
+    """annotate --k 1 replaced the user's rankings file with an empty one; probe --n 0 failed after a minute."""
+    from alignkit.research import annotate, probe
+
+    keep = tmp_path / "mine.jsonl"
+    keep.write_text('{"row": 1}\n')
+    for main, argv, needle in [
+        (annotate.main, ["--k", "1", "--out", str(keep)], "--k must be at least 2"),
+        (annotate.main, ["--noise", "-1", "--out", str(keep)], "--noise must be in [0, 0.5)"),
+        (annotate.main, ["--prompts", str(tmp_path / "none.jsonl"), "--out", str(keep)], "--prompts: no such file"),
+        (probe.main, ["--n", "0"], "--n must be at least 1"),
+        (probe.main, ["--knowledge", str(tmp_path / "none")], "--knowledge: no model folder"),
+    ]:
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2 and needle in capsys.readouterr().err
+    assert keep.read_text() == '{"row": 1}\n'

@@ -12,10 +12,11 @@ world's programmatic preferences.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
+from alignkit.errors import AlignkitError
+from alignkit.research.headroom import read_rows
 from alignkit.world import oracle
 from alignkit.world.generator import calibrate_sigma, disagreement_rate, jsonl_text, perturb, write_atomic
 
@@ -28,7 +29,7 @@ def annotate(model_path: str, prompts_path: str, out: str, k: int = 4, n_prompts
     from alignkit.eval.generate import Sampling, generate
 
     rng = random.Random(seed)
-    rows = [json.loads(line) for line in Path(prompts_path).read_text().splitlines() if line.strip()]
+    rows = read_rows(prompts_path)
     rows = rng.sample(rows, min(n_prompts, len(rows)))
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
@@ -53,11 +54,13 @@ def annotate(model_path: str, prompts_path: str, out: str, k: int = 4, n_prompts
                  "ranking": sorted(range(len(ts)), key=lambda i: (-keys[i], i)),
                  "meta": {**r["meta"], "source": model_path}}
                 for (r, ts, _), keys in zip(drafts, noisy, strict=True)]
+    if not out_rows:  # never replace a rankings file with an empty one
+        raise AlignkitError(f"no prompt gave two different answers in {k} samples; {out} left as it was", where=out)
     write_atomic(Path(out), jsonl_text(out_rows))
     return {"rows": len(out_rows), "sigma": sigma, "measured_noise": disagreement_rate(scores, noisy)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="data/models/tiny-sft")
     ap.add_argument("--prompts", default="data/world/preferences.jsonl")
@@ -66,8 +69,23 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=600)
     ap.add_argument("--noise", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    print(annotate(args.model, args.prompts, args.out, args.k, args.n_prompts, args.noise, args.seed))
+    args = ap.parse_args(argv)
+    if args.k < 2:
+        ap.error("--k must be at least 2 (a ranking compares two or more answers)")
+    if args.n_prompts < 1:
+        ap.error("--n-prompts must be at least 1")
+    if not 0.0 <= args.noise < 0.5:
+        ap.error("--noise must be in [0, 0.5) (the share of flipped pairs)")
+    if not Path(args.model).is_dir():
+        ap.error(f"--model: no model folder {args.model}")
+    if not Path(args.prompts).is_file():
+        ap.error(f"--prompts: no such file {args.prompts}")
+    if Path(args.out).is_dir():
+        ap.error(f"--out: {args.out} is a folder; name the rankings file")
+    try:
+        print(annotate(args.model, args.prompts, args.out, args.k, args.n_prompts, args.noise, args.seed))
+    except AlignkitError as err:
+        ap.exit(2, f"{ap.prog}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -261,6 +261,18 @@ def main(argv: list[str] | None = None) -> None:
                     help="only report how often each MODEL (LM or reward model) prefers a true value over a "
                          "swapped one in the same answer, and exit")
     args = ap.parse_args(argv)
+    if args.n < 1:
+        ap.error("--n must be at least 1")
+    if not Path(args.prompts).is_file():
+        ap.error(f"--prompts: no such file {args.prompts}")
+    models = ([("--knowledge", args.knowledge)] if args.knowledge else
+              [("--fact-contrast", m) for m in args.fact_contrast] if args.fact_contrast else
+              [("--policy", args.policy), ("--reward", args.reward), ("--judge-lm", args.judge_lm)])
+    for flag, path in models:
+        if path and not Path(path).is_dir():
+            ap.error(f"{flag}: no model folder {path}")
+    if args.out and Path(args.out).is_dir():
+        ap.error(f"--out: {args.out} is a folder; name the report file")
     if args.fact_contrast:
         rows = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
         print(json.dumps([fact_contrast(m, rows) for m in args.fact_contrast], indent=2))
