@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,11 @@ def load_callable(spec: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cannot import {module_name} ({exc}); is it on PYTHONPATH?") from None
+    except Exception as exc:  # the user's module failed while importing (SyntaxError, NameError, ...)
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        at = f" ({exc.filename}:{exc.lineno})" if isinstance(exc, SyntaxError) else (
+            f" ({frame.filename}:{frame.lineno})" if frame else "")
+        raise ValueError(f"importing {module_name} raised {type(exc).__name__}: {exc}{at}") from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ValueError(f"{module_name} has no function {name}")

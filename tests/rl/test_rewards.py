@@ -40,6 +40,12 @@ def not_finite(prompts_text, responses_text, prompt_ids, response_ids):
 
 def broken(prompts_text, responses_text, prompt_ids, response_ids):
     return {}["missing"]
+
+def nested(prompts_text, responses_text, prompt_ids, response_ids):
+    return [[0.0, 1.0]] * (len(responses_text) // 2)
+
+def column(prompts_text, responses_text, prompt_ids, response_ids):
+    return [[float(len(t))] for t in responses_text]
 '''
 
 
@@ -82,6 +88,22 @@ def test_a_bad_user_reward_is_one_line_naming_the_key(user_module):
     with pytest.raises(AlignkitError, match=r"broken raised KeyError: 'missing' \(.*my_rewards.py:\d+\)") as err:
         import_reward_fn(f"{user_module}:broken", "rloo.reward")(["p"], ["a"], [[1]], [[2]])
     assert str(err.value).count("\n") == 0
+    # (4, 2) scores for 8 responses were flattened: rewards went to the wrong answers
+    with pytest.raises(AlignkitError, match=r"returned list of shape \(2, 2\), not one float per response \(4\)"):
+        import_reward_fn(f"{user_module}:nested", "grpo.reward")(["p"] * 4, ["a"] * 4, [[1]] * 4, [[2]] * 4)
+    assert import_reward_fn(f"{user_module}:column", "grpo.reward")(["p"] * 2, ["a", "bb"], [[1]] * 2,
+                                                                      [[2]] * 2).tolist() == [1.0, 2.0]
+
+
+def test_a_reward_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "rew_syntax.py").write_text("def fn(:\n")
+    (tmp_path / "rew_name.py").write_text("x = undefined_name\n")
+    for spec, message in [("rew_syntax:fn", r"importing rew_syntax raised SyntaxError: .*rew_syntax.py:1\)"),
+                          ("rew_name:fn", r"importing rew_name raised NameError: .*rew_name.py:1\)")]:
+        with pytest.raises(AlignkitError, match=message) as err:
+            import_reward_fn(spec, "grpo.reward")
+        assert err.value.where == "grpo.reward" and "\n" not in str(err.value)
 
 
 def test_a_reward_written_for_trl_runs_unchanged(user_module):

@@ -72,12 +72,17 @@ def checked_reward_fn(fn: RewardFn, spec: str, where: str) -> RewardFn:
             raise AlignkitError(f"{spec} raised {type(exc).__name__}: {exc} ({frame.filename}:{frame.lineno})",
                                 where=where) from None
         try:
-            scores = torch.as_tensor(out, dtype=torch.float32).reshape(-1)
+            scores = torch.as_tensor(out, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError):
             scores = None
-        if scores is None or scores.numel() != len(responses_text):
-            raise AlignkitError(f"{spec} returned {type(out).__name__}, not one float per response "
+        # One score per response, (N,) or (N, 1): a (4, 2) list for 8 responses, flattened, would score the wrong
+        # answers.
+        flat = scores.squeeze(-1) if scores is not None and scores.dim() == 2 else scores
+        if flat is None or flat.dim() > 1 or flat.numel() != len(responses_text):
+            shape = f" of shape {tuple(scores.shape)}" if scores is not None else ""
+            raise AlignkitError(f"{spec} returned {type(out).__name__}{shape}, not one float per response "
                                 f"({len(responses_text)})", where=where)
+        scores = flat.reshape(-1)
         if not torch.isfinite(scores).all():  # one NaN would turn every advantage and the policy's weights to NaN
             bad = int((~torch.isfinite(scores)).nonzero()[0])
             raise AlignkitError(f"{spec} returned {float(scores[bad])} for response {bad} "
