@@ -102,9 +102,13 @@ class EvalSection(Section):
         check_unique_names(names, "model")
         refs = [m.ref for m in self.models if m.ref] + [n for n in (self.reference, self.ppo_against) if n]
         if isinstance(self.pairs, list):
+            seen: set[frozenset[str]] = set()
             for pair in self.pairs:
                 if len(pair) != 2 or pair[0] == pair[1]:
                     raise ValueError(f"a pair names two different models, got {pair}")
+                if frozenset(pair) in seen:  # its judgments would be pooled twice (counts, ratings, intervals)
+                    raise ValueError(f"pair {pair} repeats an earlier pair (either order is the same comparison)")
+                seen.add(frozenset(pair))
                 refs += pair
         unknown = next((r for r in refs if r not in names), None)
         if unknown:

@@ -50,6 +50,14 @@ class RecipeBase(Section):
         q = self.quantization
         if q is not None and q.load_in_4bit and q.load_in_8bit:
             raise ValueError("quantization: load_in_4bit and load_in_8bit are exclusive")
+        if self.stage != "pretrain" and self.data is not None:
+            # Only pretraining mixes datasets by weight; elsewhere the datasets are concatenated, and a weight
+            # would look applied while every row trains once.
+            for group in ("datasets", "eval_datasets"):
+                for i, spec in enumerate(getattr(self.data, group)):
+                    if spec.weight != 1.0:
+                        raise ValueError(f"data.{group}.{i}.weight: only stage pretrain mixes datasets by weight; "
+                                         f"stage {self.stage} trains every row of each once (remove weight)")
         unused = unused_train_keys(self.stage, self.train)
         if unused:
             # A key the stage never reads would look applied in recipe.yaml while doing nothing.
