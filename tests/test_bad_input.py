@@ -116,6 +116,7 @@ LIGHT = [
     Case("eval_pair_repeated", ["train", "recipes/eval_winrate.yaml", "output_dir={d}/out",
                                 "eval.pairs=[[sft, base], [base, sft]]"],
          ("pair ['base', 'sft'] repeats an earlier pair",)),
+    Case("force_on_a_stage_recipe", sft("--force", "sft"), ("--force: redoes steps of a pipeline",)),
     Case("eval_steps_zero", sft("train.eval_steps=0"), ("train.eval_steps:",)),
     Case("save_total_limit_zero", sft("train.save_total_limit=0"), ("train.save_total_limit:",)),
     Case("chat_template_jinja_syntax_error", sft("model.chat_template={% if %}{{ messages }}"),

@@ -160,3 +160,10 @@ def test_a_failed_rerun_keeps_the_finished_step_and_the_folder_as_it_was(pipelin
         train(str(path), [f"pipeline.steps.0.overrides=[data.datasets.0.path={bad}]"])
     after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert after == before
+
+
+def test_report_must_name_an_eval_step(pipeline_recipe: tuple[Path, Path]) -> None:
+    path, out = pipeline_recipe
+    with pytest.raises(AlignkitError, match="step first is stage pretrain; name an eval step") as err:
+        train(str(path), ["pipeline.report=first"])
+    assert err.value.where == "pipeline.report" and not out.exists()

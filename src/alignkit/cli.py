@@ -25,6 +25,9 @@ def train(recipe_path: str, overrides: list[str], force: list[str] | None = None
     from alignkit.config.recipe import load_recipe
 
     recipe = load_recipe(recipe_path, overrides)
+    if force and recipe.stage != "pipeline":
+        raise AlignkitError(f"redoes steps of a pipeline; {recipe_path} is stage {recipe.stage}, which always runs "
+                            "(train.overwrite_output_dir=true replaces a finished run)", where="--force")
     from alignkit.stages.lifecycle import run_recipe
 
     return run_recipe(recipe, recipe_path, force=force)

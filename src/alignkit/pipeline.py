@@ -160,6 +160,10 @@ def print_report(section_report: str | None, steps: list[PipelineStep], stages: 
 def run(recipe: Recipe, run_dir: RunDir, recipe_path: str, force: list[str] | None = None) -> dict[str, Any]:
     """Run (or skip) every step in order, keep the manifest current, print the eval report at the end."""
     section, out = recipe.pipeline, run_dir.path
+    declared = _declared_stages(section.steps)
+    if section.report and declared.get(section.report, "eval") != "eval":
+        raise AlignkitError(f"step {section.report} is stage {declared[section.report]}; name an eval step, whose "
+                            "win-rate table is printed at the end", where="pipeline.report")
     check_pipeline_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
@@ -171,7 +175,7 @@ def run(recipe: Recipe, run_dir: RunDir, recipe_path: str, force: list[str] | No
     manifest.update(pipeline=str(recipe_path), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"), steps={})
     cache: dict[str, str] = manifest["hash_cache"]
     stages = {n: e.get("stage", "") for n, e in previous.items()}
-    forced = check_force(force or [], section.steps, {**stages, **_declared_stages(section.steps)})
+    forced = check_force(force or [], section.steps, {**stages, **declared})
     outputs: dict[str, dict[str, str]] = {}
     ran, skipped = [], []
     for i, step in enumerate(section.steps):
