@@ -171,6 +171,9 @@ def test_push_needs_a_repo_id(finished_run: Path) -> None:
     (finished_run / "recipe.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(AlignkitError, match="--repo-id"):
         push_run(finished_run)
+    with pytest.raises(AlignkitError, match="'not a/valid id' is not a Hub repo id") as err:
+        push_run(finished_run, repo_id="not a/valid id")  # refused before any request (was a Hub-client traceback)
+    assert err.value.where == "--repo-id"
 
 
 @pytest.mark.parametrize(("env_change", "message"), [

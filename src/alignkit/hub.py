@@ -76,11 +76,17 @@ def push_run(run_dir: str | Path, repo_id: str | None = None) -> str:
     hub = hub_section(rd, repo_id)
     # torch and transformers only now: a refusal above is one line in well under a second
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
     from alignkit.models import adapter_base
     from alignkit.preflight import check_hub_access
 
+    try:
+        validate_repo_id(hub.repo_id)
+    except HFValidationError:
+        raise AlignkitError(f"{hub.repo_id!r} is not a Hub repo id: write 'name' or 'namespace/name' (letters, "
+                            "digits, '-', '_', '.')", where="--repo-id" if repo_id else "hub.repo_id") from None
     check_hub_access("alignkit push")  # before a merge or any upload, not as a traceback halfway
     api = HfApi()  # token: HF_TOKEN or the login cache, resolved by huggingface_hub
     with tempfile.TemporaryDirectory() as staging:
@@ -99,6 +105,11 @@ def push_run(run_dir: str | Path, repo_id: str | None = None) -> str:
             status = getattr(exc.response, "status_code", "?")
             raise AlignkitError(f"the Hub refused the upload (HTTP {status}); check HF_TOKEN has write access "
                                 f"to {hub.repo_id}", where="hub.repo_id") from None
+        except Exception as exc:  # no network: httpx's connection errors are not OSErrors
+            if not (isinstance(exc, OSError) or type(exc).__module__.startswith("httpx")):
+                raise
+            raise AlignkitError(f"cannot reach the Hub ({type(exc).__name__}); nothing was pushed, run "
+                                f"`alignkit push {rd.path}` again when online", where="hub") from None
     atomic_write_json(rd.path / PUSH_RECORD, {"repo_id": hub.repo_id, "revision": hub.revision or "main",
                                               "push": hub.push, "commit_url": info.commit_url,
                                               "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
