@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignkit.config.base import Section
 
@@ -28,3 +28,10 @@ class DPOSection(Section):
     precompute_ref_log_probs: bool = Field(
         False, description="score the reference once before training instead of keeping it in memory"
     )
+
+    @model_validator(mode="after")
+    def _smoothing_needs_robust(self) -> DPOSection:
+        # TRL 1.x reads label_smoothing in its robust loss only (its sigmoid loss has no cDPO term).
+        if self.label_smoothing and self.loss_type != "robust":
+            raise ValueError(f"label_smoothing is used by loss_type robust only; {self.loss_type} would ignore it")
+        return self
