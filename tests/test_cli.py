@@ -58,3 +58,14 @@ def test_a_push_refusal_is_reported_before_torch_loads(tmp_path):
     done = _main_in_a_fresh_process(["push", str(tmp_path), "--repo-id", "someone/tiny"], ["torch", "transformers"])
     assert "not a finished alignkit run" in done.stderr
     assert done.stdout.strip() == "exit 2 False False"
+
+
+def test_validate_names_the_file_and_the_pipeline_step(tmp_path, run_cli):
+    """A pipeline step naming a missing recipe said only 'recipes/dpoo.yaml: recipe file not found'."""
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(f"stage: pipeline\noutput_dir: {tmp_path / 'out'}\npipeline:\n  steps:\n"
+                    "    - {name: sft, recipe: recipes/sft_lora.yaml}\n    - {name: dpo, recipe: recipes/dpoo.yaml}\n")
+    done = run_cli(["validate", str(pipe), "recipes/sft_lora.yaml"])
+    assert done.code == 2
+    assert f"FAIL  {pipe}: pipeline.steps.1: recipes/dpoo.yaml: recipe file not found" in done.out
+    assert "1 valid, 1 invalid" in done.out

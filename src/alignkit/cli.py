@@ -57,7 +57,7 @@ def validate(paths: list[str]) -> int:
             print(f"ok    {f} ({kind})")
         except AlignkitError as exc:
             failures += 1
-            print(f"FAIL  {exc}")
+            print(f"FAIL  {exc}" if str(exc).startswith(str(f)) else f"FAIL  {f}: {exc}")
     print(f"{len(files) - failures} valid, {failures} invalid")
     return 0 if failures == 0 else 2
 

@@ -389,7 +389,10 @@ def check_pipeline(recipe: Recipe, *, training: bool) -> None:
     outputs: dict[str, dict[str, str]] = {}
     for i, step in enumerate(recipe.pipeline.steps):
         step_dir = out / step.name
-        raw = apply_overrides(load_yaml(step.recipe), list(step.overrides))
+        try:
+            raw = apply_overrides(load_yaml(step.recipe), list(step.overrides))
+        except AlignkitError as exc:  # name the step's key, not only the file it points at
+            raise AlignkitError(f"{step.recipe}: {exc.message}", where=f"pipeline.steps.{i}") from None
         resolve_refs(raw, outputs, f"pipeline.steps.{i} ({step.recipe})")  # unknown names: now, not hours later
         ready = {name: {kind: p for kind, p in kinds.items() if Path(p).exists()} for name, kinds in outputs.items()}
         try:
