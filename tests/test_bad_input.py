@@ -335,7 +335,7 @@ HEAVY = [
                                                       {"role": "assistant", "content": "  "}]})}),
     # A run rejected inside the stage leaves the folder's recipe.yaml describing the run the folder holds.
     Case("rejected_resume_keeps_the_recipe", sft_data("empty_turn.jsonl", "train.resume_from_checkpoint=true"),
-         ("{d}/empty_turn.jsonl:2: message 1 (assistant) is empty",),
+         ("data.datasets: differs from the run being resumed (None there",),
          {"empty_turn.jsonl": jsonl(MSG, {"messages": [{"role": "user", "content": "Hi"},
                                                       {"role": "assistant", "content": "  "}]}),
           "out/checkpoints/checkpoint-3/trainer_state.json": "{}\n", "out/recipe.yaml": "stage: sft\nseed: 7\n"}),

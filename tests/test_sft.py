@@ -15,7 +15,7 @@ from alignkit.config.recipe import validate_recipe
 from alignkit.errors import AlignkitError
 from alignkit.merge import QUANT_FILE
 from alignkit.runio import RunDir
-from tests.conftest import CHAT_ROWS, write_jsonl
+from tests.conftest import CHAT_ROWS, REPO, write_jsonl
 
 EOS = "<|endoftext|>"
 
@@ -368,3 +368,24 @@ def test_rows_holding_a_special_token_as_text_are_dropped_with_a_count(tiny_toke
         ds = load_sft_dataset([DatasetSpec(path=str(path))], "data.datasets", specials)
     assert [r["messages"][0]["content"] for r in ds] == ["Q0", "Q1", "Q3"]
     assert "dropped 1 of 4 rows" in caplog.text and "at row 3" in caplog.text
+
+
+def test_a_resume_with_another_setting_is_refused_and_keeps_the_recipe(tiny_model_dir, chat_file, tmp_path):
+    """The learning rate came back from the checkpoint (the new one ignored), a new data file or base model was
+    mixed into the same adapter, while recipe.yaml recorded the new values as if used."""
+    from alignkit.stages.lifecycle import run_recipe
+
+    out = tmp_path / "run"
+    recipe = sft_recipe(tiny_model_dir, chat_file, out, train={"resume_from_checkpoint": True, "max_steps": 4})
+    RunDir(out).path.mkdir(parents=True)
+    RunDir(out).save_recipe(recipe.dump())
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}\n")
+    recorded = (out / "recipe.yaml").read_text()
+    for change, key in [({"train": {"learning_rate": 0.5}}, "train.learning_rate"),
+                        ({"model": {"name_or_path": str(REPO / "data/models/tiny-sft")}}, "model.name_or_path")]:
+        changed = sft_recipe(tiny_model_dir, chat_file, out, **_merge({"train": {"resume_from_checkpoint": True,
+                                                                                  "max_steps": 4}}, change))
+        with pytest.raises(AlignkitError, match="differs from the run being resumed") as err:
+            run_recipe(changed, "test")
+        assert err.value.where == key and (out / "recipe.yaml").read_text() == recorded

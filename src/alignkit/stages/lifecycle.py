@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import yaml
 from accelerate import PartialState
 from transformers import set_seed
 
@@ -14,11 +15,35 @@ from alignkit.config.registry import stage_spec
 from alignkit.errors import AlignkitError
 from alignkit.hub import push_run
 from alignkit.preflight import preflight
-from alignkit.runio import RunDir, atomic_write_text, disk_full_as_error
+from alignkit.runio import RunDir, atomic_write_text, disk_full_as_error, redact
 from alignkit.stages import run_function
 from alignkit.trainer_utils import reset_peak_memory
 
 log = logging.getLogger("alignkit")
+
+
+# What a resume may change: how long it goes on, and how it reports. Anything else (learning rate, data, model,
+# LoRA shape, PPO settings) is restored from the checkpoint or mixes two runs into one model, while recipe.yaml
+# would record the new value as if it had been used.
+RESUMABLE_CHANGES = ("output_dir", "train.max_steps", "train.num_train_epochs", "train.resume_from_checkpoint",
+                     "train.overwrite_output_dir", "train.report_to", "train.save_total_limit", "hub")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def check_resume_matches(before: Any, now: dict[str, Any]) -> None:
+    """A resume continues the run in its folder as it was recorded; a changed setting is a user error."""
+    old, new = _flat(before if isinstance(before, dict) else {}), _flat(now)
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
+            continue
+        raise AlignkitError(f"differs from the run being resumed ({old.get(key)!r} there, {new.get(key)!r} now); a "
+                            "resume continues that run as it was: restore the value, or start over with "
+                            "train.overwrite_output_dir=true", where=key)
 
 
 def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None) -> dict[str, Any]:
@@ -35,6 +60,8 @@ def run_recipe(recipe: Recipe, recipe_path: str, force: list[str] | None = None)
     saved = run_dir.path / "recipe.yaml"
     previous = saved.read_text() if saved.is_file() else None
     progress = run_dir.latest_checkpoint()
+    if recipe.train.resume_from_checkpoint and previous is not None:
+        check_resume_matches(yaml.safe_load(previous), redact(recipe.dump()))
     if main_process:
         run_dir.save_recipe(recipe.dump())
     # Seed before any model or adapter is built: LoRA and value-head initialisation must follow the
