@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Any
 
+from jinja2 import TemplateError
+
 from alignkit.config import Recipe
 from alignkit.config.base import DatasetSpec
 from alignkit.data.formats import normalize_sft_rows, special_token_rows
@@ -40,6 +42,34 @@ VARLEN_ATTENTION = {"flash_attention_2", "flash_attention_3", "kernels-community
                     "kernels-community/vllm-flash-attn3"}
 # Attention that honours packed position_ids (transformers' masking utils build a block-diagonal mask).
 PACKING_SAFE_ATTENTION = {"sdpa", "eager", "flex_attention", *VARLEN_ATTENTION}
+
+
+def find_unrenderable_row(recipe: Recipe, tokenizer: Any, error: Exception) -> AlignkitError:
+    """The file:row whose conversation the chat template refused (Mistral's and Gemma's raise on a system turn or
+    two user turns in a row): looked for only after TRL's tokenization failed with a bare jinja2 error, so a
+    large dataset is not rendered twice."""
+    for group in ("datasets", "eval_datasets"):
+        for i, spec in enumerate(getattr(recipe.data, group)):
+            rows = normalize_sft_rows(load_spec(spec, where=f"data.{group}.{i}"), spec.format, source=spec.path)
+            try:
+                check_template_renders(rows, tokenizer, spec.path)
+            except AlignkitError as found:
+                return found
+    return AlignkitError(f"the chat template cannot render the data ({error})", where="model.chat_template")
+
+
+def check_template_renders(rows: list[dict[str, Any]], tokenizer: Any, source: str) -> None:
+    """Every conversation of `rows` renders with the tokenizer's chat template, or one line names the row."""
+    for i, row in enumerate(rows, start=1):
+        conversation = row.get("messages") or (row["prompt"] + row["completion"]
+                                               if isinstance(row.get("prompt"), list) else None)
+        if conversation is None:
+            return  # text rows: no template
+        try:
+            tokenizer.apply_chat_template(conversation, tokenize=False)
+        except TemplateError as exc:
+            raise AlignkitError(f"the chat template cannot render this conversation ({exc.message}); fix the row's "
+                                "turns or choose another model.chat_template", where=f"{source}:{i}") from None
 
 
 def load_sft_dataset(specs: list[DatasetSpec], where: str, special_tokens: list[str] = ()) -> Any:
@@ -247,13 +277,19 @@ def build_trainer(recipe: Recipe, run_dir: RunDir) -> Any:
     if conversational:
         require_chat_template(tokenizer)
     if conversational and assistant_only(recipe) and needs_prefix_masks(tokenizer):
-        train_ds = tokenize_by_prefix(train_ds, tokenizer)
-        eval_ds = tokenize_by_prefix(eval_ds, tokenizer) if eval_ds is not None else None
+        try:
+            train_ds = tokenize_by_prefix(train_ds, tokenizer)
+            eval_ds = tokenize_by_prefix(eval_ds, tokenizer) if eval_ds is not None else None
+        except TemplateError as exc:
+            raise find_unrenderable_row(recipe, tokenizer, exc) from None
         conversational = False  # tokenized, with the masks TRL turns into labels
     model = build_model(recipe, tokenizer)
     config = sft_config(recipe, run_dir, tokenizer, conversational, eval_ds is not None)
-    trainer = sft_trainer_class()(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  processing_class=tokenizer, callbacks=[metrics_callback(run_dir)])
+    try:
+        trainer = sft_trainer_class()(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                                      processing_class=tokenizer, callbacks=[metrics_callback(run_dir)])
+    except TemplateError as exc:
+        raise find_unrenderable_row(recipe, tokenizer, exc) from None
     if not recipe.data.packing:  # TRL truncates each row to max_length and drops rows left with no label
         check_rows_left(trainer.train_dataset, len(train_ds), recipe.model.max_length, "data.datasets")
         if eval_ds is not None:
