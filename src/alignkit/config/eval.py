@@ -117,6 +117,10 @@ class EvalSection(Section):
             raise ValueError("pairs: reference needs eval.reference")
         if any(m.best_of_n and m.best_of_n_by == "reward_model" for m in self.models) and not self.reward_model:
             raise ValueError("best_of_n needs eval.reward_model")
+        if any(m.best_of_n for m in self.models) and self.generation.temperature == 0:
+            raise ValueError("best_of_n needs generation.temperature > 0 (greedy samples are all the same answer)")
+        if self.judge.labels and self.judge.type != "human":
+            raise ValueError(f"judge.labels is read by judge type human only, not {self.judge.type}")
         if self.judge.type == "reward_model" and not (self.judge.path or self.reward_model):
             raise ValueError("judge type reward_model needs judge.path or eval.reward_model")
         if self.prompt_split != "train" and Path(self.prompts).expanduser().exists():

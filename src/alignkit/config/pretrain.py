@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignkit.config.base import Section
 
@@ -40,3 +40,12 @@ class PretrainSection(Section):
     eval_holdout_documents: int = Field(200, ge=0, description="documents kept out for held-out perplexity")
     text_column: str = "text"
     mixture_stopping: Literal["first_exhausted", "all_exhausted"] = "all_exhausted"
+
+    @model_validator(mode="after")
+    def _blocks_fit(self) -> PretrainSection:
+        # The saved config would claim fewer positions than the model was trained on.
+        arch = self.architecture
+        if self.from_scratch and arch is not None and self.block_size > arch.max_position_embeddings:
+            raise ValueError(f"block_size {self.block_size} is longer than architecture.max_position_embeddings "
+                             f"({arch.max_position_embeddings}); raise that or shorten the blocks")
+        return self

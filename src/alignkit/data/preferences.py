@@ -189,6 +189,9 @@ def to_ranking(row: dict[str, Any], where: str, margin_column: str | None = None
     if len(set(ordered)) < len(ordered):
         what = "chosen and rejected are identical" if len(ordered) == 2 else "two ranked responses are identical"
         raise AlignkitError(what, where=where)
+    if len({" ".join(r.split()) for r in ordered}) < len(ordered):  # a preference between two spacings of one answer
+        what = "chosen and rejected" if len(ordered) == 2 else "two ranked responses"
+        raise AlignkitError(f"{what} differ only in whitespace", where=where)
     out = {"prompt": prompt, "responses": ordered, "margin": _margin(row, margin_column, where)}
     if subset_column is not None:
         out["subset"] = str(column_value(row, subset_column, f"{where} (reward.accuracy_by)"))
