@@ -167,3 +167,20 @@ def test_report_must_name_an_eval_step(pipeline_recipe: tuple[Path, Path]) -> No
     with pytest.raises(AlignkitError, match="step first is stage pretrain; name an eval step") as err:
         train(str(path), ["pipeline.report=first"])
     assert err.value.where == "pipeline.report" and not out.exists()
+
+
+def test_a_step_killed_midway_keeps_its_last_finished_run(pipeline_recipe: tuple[Path, Path], tmp_path: Path) -> None:
+    """A pipeline killed during a step leaves the finished run in .<step>.previous and the attempt in <step>/; the
+    next run must not delete the finished one before its new attempt succeeds."""
+    path, out = pipeline_recipe
+    train(str(path), [])
+    finished = (out / "first" / "run.json").read_bytes()
+    (out / "first").rename(out / ".first.previous")     # as run_step leaves it when killed mid-step
+    (out / "first").mkdir()
+    (out / "first" / "partial.txt").write_text("half a run\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": null}\n')
+    with pytest.raises(AlignkitError, match="must be text, got null"):
+        train(str(path), [f"pipeline.steps.0.overrides=[data.datasets.0.path={bad}]"])
+    assert (out / "first" / "run.json").read_bytes() == finished and not (out / "first" / "partial.txt").exists()
+    assert not (out / ".first.previous").exists()

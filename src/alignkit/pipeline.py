@@ -129,8 +129,12 @@ def run_step(recipe: Recipe, step: PipelineStep, run_dir: Path, ours: bool) -> d
         if not ours and any(run_dir.iterdir()):
             raise AlignkitError(f"the folder of step {step.name} holds files this pipeline did not write; move them "
                                 "or choose another output_dir", where=f"pipeline step {step.name}: {run_dir}")
-        if aside.exists():
-            shutil.rmtree(aside)
+        if aside.exists():  # left by a pipeline killed during this step: the last finished run is the one aside
+            if RunDir(run_dir).is_complete():
+                shutil.rmtree(aside)  # killed after the new run finished: the one aside is superseded
+            else:
+                shutil.rmtree(run_dir)  # the killed attempt; the finished run goes back in place first
+                aside.rename(run_dir)
         run_dir.rename(aside)  # stale checkpoints or caches (eval completions) must not leak into the new run
     try:
         metrics = run_recipe(recipe, step.recipe)
