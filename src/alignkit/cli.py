@@ -99,9 +99,10 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
         return validate(args.paths)
     if args.command == "merge":
+        from alignkit.config.base import expand_home
         from alignkit.merge import merge_adapter
 
-        merge_adapter(str(Path(args.adapter).expanduser()), str(Path(args.out).expanduser()), dtype=args.dtype)
+        merge_adapter(expand_home(args.adapter), expand_home(args.out), dtype=args.dtype)
         print(f"merged model written to {args.out}")
         return 0
     if args.command == "report":

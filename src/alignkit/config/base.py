@@ -36,21 +36,37 @@ def check_unique_names(names: list[str], what: str) -> None:
         raise ValueError(f"{what} name {dup!r} is used twice; names must be unique")
 
 
+def expand_home(path: str) -> str:
+    """A recipe path with a leading "~" as the home folder (it became a literal "~" folder beside the run)."""
+    return str(Path(path).expanduser()) if path.startswith("~") else path
+
+
 def check_local_path(path: str | None) -> str | None:
     """Raise if a path that is clearly local does not exist; Hub ids pass through; "~" is the home folder."""
     if path is not None and looks_local(path) and not Path(path).expanduser().exists():
         raise ValueError(f"file not found: {path}")
-    return str(Path(path).expanduser()) if path is not None and path.startswith("~") else path
+    return None if path is None else expand_home(path)
 
 
-def check_output_dir(path: str) -> str:
-    """The run folder: "~" expanded; empty or holding an unexpanded $VARIABLE is a user error."""
+def check_output_dir_value(path: str) -> str:
+    """The output_dir value: "~" expanded; empty or holding an unexpanded $VARIABLE is a user error."""
     if not path.strip():
         raise ValueError("is empty; name the run's folder")
     if "$" in path:
         raise ValueError("holds a $ variable, which recipes do not expand; write the path (on the command line the "
                          "shell expands output_dir=$VAR/run)")
-    return str(Path(path).expanduser()) if path.startswith("~") else path
+    return expand_home(path)
+
+
+def check_hub_only_keys(path: str, split: str, name: str | None, split_key: str = "split") -> None:
+    """A local file has no splits or configurations: the keys would look applied while the whole file is read."""
+    if not Path(path).expanduser().exists():
+        return
+    if split != "train":
+        raise ValueError(f"{split_key} {split!r} applies to Hub datasets; {path} is a local file: point path at the "
+                         "file that holds that split")
+    if name is not None:
+        raise ValueError(f"name {name!r} applies to Hub datasets; {path} is a local file")
 
 
 class ModelSection(Section):
@@ -116,13 +132,7 @@ class DatasetSpec(Section):
 
     @model_validator(mode="after")
     def _hub_only_keys(self) -> DatasetSpec:
-        # A local file has no splits or configurations: the keys would look applied while the whole file trains.
-        if Path(self.path).expanduser().exists():
-            if self.split != "train":
-                raise ValueError(f"split {self.split!r} applies to Hub datasets; {self.path} is a local file: "
-                                 "point path at the file that holds that split")
-            if self.name is not None:
-                raise ValueError(f"name {self.name!r} applies to Hub datasets; {self.path} is a local file")
+        check_hub_only_keys(self.path, self.split, self.name)
         return self
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from alignkit.config.base import Section, check_local_path, check_unique_names
+from alignkit.config.base import Section, check_hub_only_keys, check_local_path, check_unique_names
 
 
 class EvalModel(Section):
@@ -123,9 +123,7 @@ class EvalSection(Section):
             raise ValueError(f"judge.labels is read by judge type human only, not {self.judge.type}")
         if self.judge.type == "reward_model" and not (self.judge.path or self.reward_model):
             raise ValueError("judge type reward_model needs judge.path or eval.reward_model")
-        if self.prompt_split != "train" and Path(self.prompts).expanduser().exists():
-            raise ValueError(f"prompt_split {self.prompt_split!r} applies to Hub datasets; {self.prompts} is a local "
-                             "file")
+        check_hub_only_keys(self.prompts, self.prompt_split, None, split_key="prompt_split")
         template = Path(self.fewshot_template)
         if (any(m.prompting == "fewshot" for m in self.models) and template.is_file()
                 and "{prompt}" not in template.read_text(errors="replace")):

@@ -17,7 +17,7 @@ from alignkit.config.base import (
     QuantizationSection,
     Section,
     TrainSection,
-    check_output_dir,
+    check_output_dir_value,
 )
 from alignkit.config.registry import REGISTRY, STAGE_NAMES, unused_train_keys
 from alignkit.errors import AlignkitError
@@ -35,7 +35,7 @@ class RecipeBase(Section):
     output_dir: str
     seed: int = Field(42, ge=0, lt=2**32)  # numpy's range: a seed outside it failed deep inside set_seed
 
-    _check_output_dir = field_validator("output_dir")(check_output_dir)
+    _check_output_dir = field_validator("output_dir")(check_output_dir_value)
     model: ModelSection | None = None
     quantization: QuantizationSection | None = None
     peft: PeftSection | None = None

@@ -57,15 +57,21 @@ def _text_content(content: Any) -> str | None:
     return None
 
 
+def json_type(value: Any) -> str:
+    """What a JSON value is, in an error message's words ("null", "a number", "a list", ...)."""
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def text_value(value: Any, column: str, where: str) -> str:
     """A column that must hold text; null, a number or a list names the row (TRL failed on them with a traceback)."""
     if not isinstance(value, str):
-        raise AlignkitError(f"'{column}' must be text, got {JSON_TYPES.get(type(value), type(value).__name__)}",
-                            where=where)
+        raise AlignkitError(f"'{column}' must be text, got {json_type(value)}", where=where)
     return value
 
 
-def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
+def check_messages(messages: Any, where: str, last_assistant: bool = True) -> list[dict[str, str]]:
+    """Chat messages with a known role and non-empty text each; for training, ending with the assistant's turn
+    (a prompt, last_assistant=False, ends wherever it ends)."""
     if not isinstance(messages, list) or not messages:
         raise AlignkitError("expected a non-empty list of messages", where=where)
     out = []
@@ -77,12 +83,12 @@ def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
             raise AlignkitError(f"message {i} needs a role in {sorted(ROLES)}, got {role!r}{hint}", where=where)
         content = _text_content(m.get("content"))
         if content is None:
-            got = JSON_TYPES.get(type(m.get("content")), type(m.get("content")).__name__)
-            raise AlignkitError(f"message {i} ({m['role']}) needs a text content, got {got}", where=where)
+            raise AlignkitError(f"message {i} ({m['role']}) needs a text content, got {json_type(m.get('content'))}",
+                                where=where)
         if not content.strip():
             raise AlignkitError(f"message {i} ({m['role']}) is empty", where=where)
         out.append({"role": m["role"], "content": content})
-    if out[-1]["role"] != "assistant":
+    if last_assistant and out[-1]["role"] != "assistant":
         raise AlignkitError("the last message must be the assistant's (nothing to learn otherwise)", where=where)
     return out
 
@@ -90,7 +96,7 @@ def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
 def to_messages(row: dict[str, Any], fmt: str, where: str = "row") -> list[dict[str, str]]:
     """Convert a conversational SFT row (messages, sharegpt, alpaca, chat prompt/completion) to messages."""
     if fmt == "messages":
-        return _check_messages(row["messages"], where)
+        return check_messages(row["messages"], where)
     if fmt == "sharegpt":
         turns = row["conversations"]
         if not isinstance(turns, list):
@@ -101,16 +107,16 @@ def to_messages(row: dict[str, Any], fmt: str, where: str = "row") -> list[dict[
                     for t in turns]
         except (KeyError, TypeError, AttributeError):
             raise AlignkitError("sharegpt turns need 'from' (human/gpt/system) and 'value'", where=where) from None
-        return _check_messages(msgs, where)
+        return check_messages(msgs, where)
     if fmt == "alpaca":
         instruction, extra = row.get("instruction") or "", row.get("input") or ""
         user = f"{instruction}\n\n{extra}" if extra else instruction
-        return _check_messages([{"role": "user", "content": user},
+        return check_messages([{"role": "user", "content": user},
                                 {"role": "assistant", "content": row.get("output") or ""}], where)
     if fmt == "prompt_completion" and isinstance(row["prompt"], list):
         if not isinstance(row["completion"], list):
             raise AlignkitError("a conversational prompt needs a conversational completion", where=where)
-        return _check_messages([*row["prompt"], *row["completion"]], where)
+        return check_messages([*row["prompt"], *row["completion"]], where)
     raise AlignkitError(f"format '{fmt}' is not conversational", where=where)
 
 

@@ -92,15 +92,14 @@ def first_bad_json_line(files: list[str]) -> AlignkitError | None:
 
 def _has_duplicate_key(line: str) -> bool:
     """Whether an object in one JSON line names a key twice (json.loads silently keeps the last)."""
-    found = []
+    repeated = []
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        names = [k for k, _ in pairs]
-        found.extend(names[:1] if len(set(names)) != len(names) else [])
+        repeated.append(len({k for k, _ in pairs}) != len(pairs))
         return dict(pairs)
 
     json.loads(line, object_pairs_hook=pairs_hook)
-    return bool(found)
+    return any(repeated)
 
 
 def _rename(ds: Any, spec: DatasetSpec, where: str) -> Any:

@@ -27,7 +27,7 @@ import torch
 
 from alignkit.config.base import DatasetSpec, ModelSection
 from alignkit.config.eval import EvalModel, EvalSection
-from alignkit.data.formats import JSON_TYPES
+from alignkit.data.formats import json_type
 from alignkit.data.loading import load_spec
 from alignkit.data.preferences import column_value
 from alignkit.errors import AlignkitError
@@ -141,8 +141,8 @@ def _prompt_row(row: dict[str, Any], index: int, section: EvalSection, where: st
                             f"(set eval.prompt_column)", where=where)
     meta = row.get("meta")
     if meta is not None and not isinstance(meta, dict):
-        raise AlignkitError(f"'meta' must be an object (the world's prompt metadata) or absent, got "
-                            f"{JSON_TYPES.get(type(meta), type(meta).__name__)}", where=where)
+        raise AlignkitError(f"'meta' must be an object (the world's prompt metadata) or absent, got {json_type(meta)}",
+                            where=where)
     out = {"id": str(row.get(section.id_column, index)), "prompt": messages, "meta": meta}
     if section.breakdown_by:  # None where the row lacks the column: require_groups says so after the meta check
         try:

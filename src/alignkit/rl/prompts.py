@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from alignkit.config.base import DatasetSpec
-from alignkit.data.formats import JSON_TYPES, ROLES
+from alignkit.data.formats import check_messages, json_type
 from alignkit.data.loading import load_spec
 from alignkit.errors import AlignkitError
 
@@ -18,14 +18,8 @@ def prompt_messages(prompt: Any, where: str) -> list[dict[str, str]]:
             raise AlignkitError("empty prompt", where=where)
         return [{"role": "user", "content": prompt}]
     if not isinstance(prompt, list) or not prompt:
-        raise AlignkitError(f"'prompt' must be text or a list of messages, got "
-                            f"{JSON_TYPES.get(type(prompt), type(prompt).__name__)}", where=where)
-    for i, m in enumerate(prompt):
-        if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
-                and m["content"].strip()):
-            raise AlignkitError(f"prompt message {i} needs a role in {sorted(ROLES)} and a non-empty text content",
-                                where=where)
-    return prompt
+        raise AlignkitError(f"'prompt' must be text or a list of messages, got {json_type(prompt)}", where=where)
+    return check_messages(prompt, where, last_assistant=False)
 
 
 def load_prompts(specs: Sequence[DatasetSpec], tokenizer: Any, limit: int, limit_key: str,
@@ -56,7 +50,6 @@ def load_prompts(specs: Sequence[DatasetSpec], tokenizer: Any, limit: int, limit
             if with_meta:
                 if not isinstance(row["meta"], dict):
                     raise AlignkitError(f"{meta_key}: oracle needs 'meta' to be an object, got "
-                                        f"{JSON_TYPES.get(type(row['meta']), type(row['meta']).__name__)}",
-                                        where=f"{spec.path}:{row_no}")
+                                        f"{json_type(row['meta'])}", where=f"{spec.path}:{row_no}")
                 metas.append(row["meta"])
     return out, metas

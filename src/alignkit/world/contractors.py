@@ -50,10 +50,10 @@ class Contractor:
 
 # Three careful writers and five with one strong habit each. Why these numbers: ~62% of demos come out
 # ideal (the issue asks >= 60%); each habit must be common enough (4-15% of demos where it applies) that
-# the SFT model keeps it at a rate the win rate can see; a careful
-# writer still slips now and then (2% per habit), as people do. The careful writers' share is the world's
-# one knob for demo quality (`python -m alignkit.world --careful-share`): docs/winrate_embedded_world.md
-# measures what moving it does to the SFT model and to PPO's margin over it.
+# the SFT model keeps it at a rate the win rate can see; a careful writer still slips now and then (2% per
+# habit), as people do. The careful writers' share is the world's one knob for demo quality
+# (`python -m alignkit.world --careful-share`): docs/winrate_embedded_world.md measures what moving it does
+# to the SFT model and to PPO's margin over it.
 SLIP = 0.02
 CAREFUL_SHARE = 0.375
 CAREFUL = ("ana", "ben", "cai")
